@@ -1,0 +1,187 @@
+//! The single adapter from `Host` to proxy-wasm host calls, and the proxy-wasm contexts that
+//! forward callbacks to `filter`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{self, Action, BufferType, ContextType, MapType, MetricType};
+
+use crate::filter::{Root, Stream};
+use crate::host::{Body, Host, LogLevel, MetricKind};
+
+pub struct WasmHost;
+
+impl Host for WasmHost {
+    fn log(&self, level: LogLevel, msg: &str) {
+        let level = match level {
+            LogLevel::Trace => types::LogLevel::Trace,
+            LogLevel::Debug => types::LogLevel::Debug,
+            LogLevel::Info => types::LogLevel::Info,
+            LogLevel::Warn => types::LogLevel::Warn,
+            LogLevel::Error => types::LogLevel::Error,
+            LogLevel::Critical => types::LogLevel::Critical,
+        };
+        let _ = hostcalls::log(level, msg);
+    }
+
+    fn now_nanos(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    fn random_u64(&self) -> u64 {
+        let mut b = [0u8; 8];
+        // WASI random_get, via std's entropy source.
+        let _ = getrandom_fill(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn body(&self, which: Body, start: usize, len: usize) -> Option<Vec<u8>> {
+        let t = match which {
+            Body::Request => BufferType::HttpRequestBody,
+            Body::Response => BufferType::HttpResponseBody,
+            Body::CallResponse => BufferType::HttpCallResponseBody,
+        };
+        hostcalls::get_buffer(t, start, len).ok().flatten()
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+        let t = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(t, name).ok()
+    }
+
+    fn increment(&self, id: u32, by: i64) {
+        let _ = hostcalls::increment_metric(id, by);
+    }
+
+    fn record(&self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u32,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            body,
+            vec![],
+            Duration::from_millis(u64::from(timeout_ms)),
+        )
+        .map_err(|s| format!("{s:?}"))
+    }
+
+    fn call_response_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default()
+    }
+
+    fn set_tick_period_ms(&self, ms: u32) {
+        let _ = hostcalls::set_tick_period(Duration::from_millis(u64::from(ms)));
+    }
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> Result<(), ()> {
+    // std's HashMap keys come from WASI random_get; two of them give 128 random bits.
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    for chunk in buf.chunks_mut(8) {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u8(0);
+        let v = h.finish().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    Ok(())
+}
+
+pub struct AviaryRoot(Root);
+
+impl AviaryRoot {
+    pub fn new() -> Self {
+        AviaryRoot(Root::new(&WasmHost))
+    }
+}
+
+impl Default for AviaryRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Context for AviaryRoot {}
+
+impl RootContext for AviaryRoot {
+    fn on_vm_start(&mut self, _: usize) -> bool {
+        self.0.on_vm_start(&WasmHost);
+        true
+    }
+
+    fn on_configure(&mut self, _: usize) -> bool {
+        let raw = self.get_plugin_configuration();
+        self.0.on_configure(&WasmHost, raw.as_deref())
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(AviaryStream(self.0.new_stream())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+pub struct AviaryStream(Stream);
+
+impl Context for AviaryStream {}
+
+impl HttpContext for AviaryStream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        self.0.on_request_headers(&WasmHost);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.0.on_response_headers(&WasmHost);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.0.on_log(&WasmHost);
+    }
+}

@@ -1,0 +1,56 @@
+//! The one seam between Aviary's logic and the proxy: everything the filter asks of Envoy.
+//! `adapter` implements it with proxy-wasm host calls; nothing else imports proxy-wasm.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Which body a `body` call reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Request,
+    Response,
+    CallResponse,
+}
+
+pub trait Host {
+    fn log(&self, level: LogLevel, msg: &str);
+    fn now_nanos(&self) -> u64;
+    fn random_u64(&self) -> u64;
+
+    fn request_headers(&self) -> Vec<(String, String)>;
+    fn set_request_header(&self, name: &str, value: &str);
+    fn remove_request_header(&self, name: &str);
+    fn response_header(&self, name: &str) -> Option<String>;
+    fn set_response_header(&self, name: &str, value: &str);
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    fn body(&self, which: Body, start: usize, len: usize) -> Option<Vec<u8>>;
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32>;
+    fn increment(&self, id: u32, by: i64);
+    fn record(&self, id: u32, value: u64);
+
+    /// Sends an HTTP call to `cluster`; returns the call's token.
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u32,
+    ) -> Result<u32, String>;
+    fn call_response_headers(&self) -> Vec<(String, String)>;
+    fn set_tick_period_ms(&self, ms: u32);
+}

@@ -1,0 +1,123 @@
+//! Request attributes and the matchers of segment rules.
+
+/// Where a condition reads its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    Path,
+}
+
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Present(bool),
+    OneOf(Vec<String>),
+}
+
+impl Matcher {
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (Matcher::Present(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (Matcher::Exact(e), Some(v)) => v == e,
+            (Matcher::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (Matcher::OneOf(list), Some(v)) => list.iter().any(|e| e == v),
+        }
+    }
+}
+
+/// A read-only view of one request's attributes, fetched from the host once.
+#[derive(Debug, Default, Clone)]
+pub struct RequestView {
+    headers: Vec<(String, String)>,
+}
+
+impl RequestView {
+    pub fn new(headers: Vec<(String, String)>) -> Self {
+        RequestView { headers }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn path(&self) -> Option<&str> {
+        self.header(":path")
+            .map(|p| p.split_once('?').map_or(p, |(path, _)| path))
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+            .flat_map(|(_, v)| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim_matches('"'))
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        let q = self.header(":path")?.split_once('?')?.1;
+        let q = q.split_once('#').map_or(q, |(q, _)| q);
+        q.split('&')
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    pub fn get(&self, source: &Source) -> Option<&str> {
+        match source {
+            Source::Header(h) => self.header(h),
+            Source::Cookie(c) => self.cookie(c),
+            Source::Query(q) => self.query(q),
+            Source::Path => self.path(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(h: &[(&str, &str)]) -> RequestView {
+        RequestView::new(
+            h.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn attributes() {
+        let v = view(&[
+            (":path", "/v1/predict?model=x&debug=1#frag"),
+            ("cookie", "a=1; session=abc; b=\"q\""),
+            ("X-Region", "eu"),
+        ]);
+        assert_eq!(v.path(), Some("/v1/predict"));
+        assert_eq!(v.query("debug"), Some("1"));
+        assert_eq!(v.query("model"), Some("x"));
+        assert_eq!(v.query("none"), None);
+        assert_eq!(v.cookie("session"), Some("abc"));
+        assert_eq!(v.cookie("b"), Some("q"));
+        assert_eq!(v.cookie("sess"), None);
+        assert_eq!(v.header("x-region"), Some("eu"));
+    }
+
+    #[test]
+    fn matchers() {
+        let r = Matcher::OneOf(vec!["eu-west-1".into(), "eu-north-1".into()]);
+        assert!(r.matches(Some("eu-west-1")));
+        assert!(!r.matches(Some("eu-west-10")));
+        assert!(!r.matches(None));
+        assert!(Matcher::Present(false).matches(None));
+        assert!(!Matcher::Present(true).matches(None));
+        assert!(Matcher::Prefix("/v2".into()).matches(Some("/v2/x")));
+    }
+}
