@@ -144,7 +144,12 @@ impl Default for AviaryRoot {
     }
 }
 
-impl Context for AviaryRoot {}
+impl Context for AviaryRoot {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        self.0
+            .on_http_call_response(&WasmHost, token, num_headers, body_size);
+    }
+}
 
 impl RootContext for AviaryRoot {
     fn on_vm_start(&mut self, _: usize) -> bool {
@@ -155,6 +160,10 @@ impl RootContext for AviaryRoot {
     fn on_configure(&mut self, _: usize) -> bool {
         let raw = self.get_plugin_configuration();
         self.0.on_configure(&WasmHost, raw.as_deref())
+    }
+
+    fn on_tick(&mut self) {
+        self.0.on_tick(&WasmHost);
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
@@ -171,13 +180,23 @@ pub struct AviaryStream(Stream);
 impl Context for AviaryStream {}
 
 impl HttpContext for AviaryStream {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        self.0.on_request_headers(&WasmHost);
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        self.0.on_request_headers(&WasmHost, end_of_stream);
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        self.0.on_response_headers(&WasmHost);
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.0.on_request_body(&WasmHost, size, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        self.0.on_response_headers(&WasmHost, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.0.on_response_body(&WasmHost, size, end_of_stream);
         Action::Continue
     }
 

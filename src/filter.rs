@@ -6,22 +6,37 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use crate::cidr::parse_socket_ip;
-use crate::config::{Compiled, ConfigError};
+use crate::config::{Compiled, ConfigError, BUCKETS};
+use crate::extract::{self, BodyBuffer, Fields};
 use crate::hash::SplitMix64;
-use crate::host::{Host, LogLevel, MetricKind};
+use crate::host::{Body, Host, LogLevel, MetricKind};
 use crate::matcher::RequestView;
 use crate::metrics::{self, stat_name, CLASSES, CLASS_LOCAL, CLASS_RESET};
-use crate::routing::{decide, Reason};
+use crate::routing::{conditions_hold, decide, in_share, sticky_key, Reason};
+use crate::shadow::{
+    copy_header, unusable_index, Job, Outcome, Shadows, DIRECTIONS, RESULTS, SHADOW_CLASSES,
+    UNCOMPARED, U_CAPACITY, U_PRIMARY_ERROR,
+};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Metric ids, resolved once per configuration so the request path never builds a name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MetricIds {
     pub requests: Vec<[u32; Reason::ALL.len()]>,
     pub responses: Vec<[u32; CLASSES.len()]>,
     pub duration: Vec<u32>,
     pub override_rejected: u32,
+    /// Per version, one counter per score bin (the last is +Inf).
+    pub score_bins: Vec<Vec<u32>>,
+    pub score_skipped: Vec<[u32; 3]>,
+    /// Per shadow target.
+    pub shadow_sent: Vec<u32>,
+    pub shadow_responses: Vec<[u32; SHADOW_CLASSES.len()]>,
+    pub shadow_comparisons: Vec<[u32; RESULTS.len()]>,
+    pub shadow_uncompared: Vec<[u32; UNCOMPARED.len()]>,
+    pub shadow_score_delta: Vec<u32>,
+    pub shadow_latency_delta: Vec<[u32; DIRECTIONS.len()]>,
 }
 
 /// A configuration in force: compiled config plus its metric ids. Streams hold an `Rc` to the
@@ -36,13 +51,18 @@ pub struct Active {
 pub struct Root {
     pub active: Option<Rc<Active>>,
     pub rng: Rc<RefCell<SplitMix64>>,
+    pub shadows: Rc<RefCell<Shadows>>,
 }
+
+/// Tick period while shadows are configured: how long a queued mirror waits for dispatch.
+pub const SHADOW_TICK_MS: u32 = 5;
 
 impl Root {
     pub fn new(host: &dyn Host) -> Root {
         Root {
             active: None,
             rng: Rc::new(RefCell::new(SplitMix64::new(host.random_u64()))),
+            shadows: Rc::new(RefCell::new(Shadows::default())),
         }
     }
 
@@ -55,6 +75,8 @@ impl Root {
         match activate(host, raw) {
             Ok(active) => {
                 host.log(LogLevel::Info, &describe(&active.cfg));
+                let tick = if active.cfg.shadow.is_some() { SHADOW_TICK_MS } else { 0 };
+                host.set_tick_period_ms(tick);
                 self.active = Some(Rc::new(active));
                 true
             }
@@ -72,13 +94,34 @@ impl Root {
         }
     }
 
+    pub fn on_tick(&self, host: &dyn Host) {
+        self.shadows.borrow_mut().on_tick(host);
+    }
+
+    pub fn on_http_call_response(
+        &self,
+        host: &dyn Host,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) {
+        self.shadows
+            .borrow_mut()
+            .on_call_response(host, token, num_headers, body_size);
+    }
+
     pub fn new_stream(&self) -> Stream {
         Stream {
             active: self.active.clone(),
             rng: self.rng.clone(),
+            shadows: self.shadows.clone(),
             version: None,
             start_ns: 0,
             status: None,
+            mirror: None,
+            jobs: Vec::new(),
+            response: None,
+            primary_reported: false,
         }
     }
 }
@@ -93,8 +136,13 @@ fn describe(cfg: &Compiled) -> String {
         .kill_switch
         .map(|k| format!(", killSwitch={}", cfg.versions[k].name))
         .unwrap_or_default();
+    let shadows = cfg
+        .shadow
+        .as_ref()
+        .map(|s| format!(", shadow={}bps to {} target(s)", s.share_bps, s.targets.len()))
+        .unwrap_or_default();
     format!(
-        "aviary {VERSION}: config {:016x} active for service {}: {}, {} rules, sticky={}{kill}",
+        "aviary {VERSION}: config {:016x} active for service {}: {}, {} rules, sticky={}{kill}{shadows}",
         cfg.digest,
         cfg.service,
         weights.join(" "),
@@ -115,53 +163,89 @@ fn activate(host: &dyn Host, raw: Option<&[u8]>) -> Result<Active, ConfigError> 
 
 fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigError> {
     let svc = cfg.service.as_str();
-    let define = |kind, name: String| {
+    let define = |kind, base: &str, labels: &[(&str, &str)]| {
+        let name = stat_name(base, labels);
         host.define_metric(kind, &name).ok_or_else(|| ConfigError {
             field: String::new(),
             message: format!("the host refused to define metric `{name}`"),
         })
     };
-    let mut ids = MetricIds {
-        requests: Vec::new(),
-        responses: Vec::new(),
-        duration: Vec::new(),
-        override_rejected: define(
-            MetricKind::Counter,
-            stat_name(metrics::OVERRIDE_REJECTED, &[("service", svc)]),
-        )?,
+    let per = |kind, base: &str, labels: &[(&str, &str)], key: &str, values: &[&str]| {
+        values
+            .iter()
+            .map(|v| {
+                let mut l = labels.to_vec();
+                l.push((key, v));
+                define(kind, base, &l)
+            })
+            .collect::<Result<Vec<u32>, ConfigError>>()
     };
+    let arr = |v: Vec<u32>| -> [u32; 8] {
+        let mut a = [0; 8];
+        a[..v.len()].copy_from_slice(&v);
+        a
+    };
+    use MetricKind::{Counter, Gauge, Histogram};
+    let mut ids = MetricIds {
+        override_rejected: define(Counter, metrics::OVERRIDE_REJECTED, &[("service", svc)])?,
+        ..MetricIds::default()
+    };
+    let bins: Vec<String> = cfg
+        .scores
+        .as_ref()
+        .map(|s| {
+            s.bounds
+                .iter()
+                .map(|b| metrics::bin_label(Some(*b)))
+                .chain(std::iter::once(metrics::bin_label(None)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let bins: Vec<&str> = bins.iter().map(String::as_str).collect();
+    let skip_reasons = ["non_json", "field_missing", "body_too_large"];
     for v in &cfg.versions {
         let labels = [("service", svc), ("version", v.name.as_str())];
-        let mut req = [0; Reason::ALL.len()];
-        for (slot, reason) in req.iter_mut().zip(Reason::ALL) {
-            let mut l = labels.to_vec();
-            l.push(("reason", reason));
-            *slot = define(MetricKind::Counter, stat_name(metrics::REQUESTS, &l))?;
-        }
-        let mut resp = [0; CLASSES.len()];
-        for (slot, class) in resp.iter_mut().zip(CLASSES) {
-            let mut l = labels.to_vec();
-            l.push(("class", class));
-            *slot = define(MetricKind::Counter, stat_name(metrics::RESPONSES, &l))?;
-        }
-        ids.requests.push(req);
-        ids.responses.push(resp);
-        ids.duration.push(define(
-            MetricKind::Histogram,
-            stat_name(metrics::DURATION, &labels),
-        )?);
-        let weight = define(MetricKind::Gauge, stat_name(metrics::WEIGHT, &labels))?;
+        let req = per(Counter, metrics::REQUESTS, &labels, "reason", &Reason::ALL)?;
+        let resp = per(Counter, metrics::RESPONSES, &labels, "class", &CLASSES)?;
+        let (r, c) = (arr(req), arr(resp));
+        ids.requests.push([r[0], r[1], r[2], r[3], r[4]]);
+        ids.responses.push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
+        ids.duration.push(define(Histogram, metrics::DURATION, &labels)?);
+        ids.score_bins
+            .push(per(Counter, metrics::SCORE_BINS, &labels, "bin", &bins)?);
+        let sk = if cfg.scores.is_some() {
+            arr(per(Counter, metrics::SCORE_SKIPPED, &labels, "reason", &skip_reasons)?)
+        } else {
+            [0; 8]
+        };
+        ids.score_skipped.push([sk[0], sk[1], sk[2]]);
+        let weight = define(Gauge, metrics::WEIGHT, &labels)?;
         let effective = match cfg.kill_switch {
-            Some(k) if cfg.versions[k].name == v.name => crate::config::BUCKETS,
+            Some(k) if cfg.versions[k].name == v.name => BUCKETS,
             Some(_) => 0,
             None => v.weight_bps,
         };
         host.record(weight, u64::from(effective));
     }
-    let digest = define(
-        MetricKind::Gauge,
-        stat_name(metrics::CONFIG_DIGEST, &[("service", svc)]),
-    )?;
+    if let Some(s) = &cfg.shadow {
+        for t in &s.targets {
+            let labels = [("service", svc), ("version", t.version.as_str())];
+            ids.shadow_sent.push(define(Counter, metrics::SHADOW_REQUESTS, &labels)?);
+            let c = arr(per(Counter, metrics::SHADOW_RESPONSES, &labels, "class", &SHADOW_CLASSES)?);
+            ids.shadow_responses.push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
+            let r = per(Counter, metrics::SHADOW_COMPARISONS, &labels, "result", &RESULTS)?;
+            ids.shadow_comparisons.push([r[0], r[1], r[2]]);
+            let u = per(Counter, metrics::SHADOW_UNCOMPARED, &labels, "reason", &UNCOMPARED)?;
+            let mut ua = [0; UNCOMPARED.len()];
+            ua.copy_from_slice(&u);
+            ids.shadow_uncompared.push(ua);
+            ids.shadow_score_delta
+                .push(define(Histogram, metrics::SHADOW_SCORE_DELTA, &labels)?);
+            let d = per(Histogram, metrics::SHADOW_LATENCY_DELTA, &labels, "direction", &DIRECTIONS)?;
+            ids.shadow_latency_delta.push([d[0], d[1]]);
+        }
+    }
+    let digest = define(Gauge, metrics::CONFIG_DIGEST, &[("service", svc)])?;
     host.record(digest, cfg.digest & DIGEST_GAUGE_MASK);
     Ok(ids)
 }
@@ -169,13 +253,26 @@ fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigEr
 /// The digest gauge keeps 48 bits, which a Prometheus float holds exactly.
 pub const DIGEST_GAUGE_MASK: u64 = (1 << 48) - 1;
 
+/// A request being copied to shadows: its headers and body, collected until the request ends.
+struct Mirror {
+    headers: Vec<(String, String)>,
+    body: BodyBuffer,
+}
+
 /// Per-request state of the filter.
 pub struct Stream {
     active: Option<Rc<Active>>,
     rng: Rc<RefCell<SplitMix64>>,
+    shadows: Rc<RefCell<Shadows>>,
     version: Option<usize>,
     start_ns: u64,
     status: Option<u16>,
+    mirror: Option<Mirror>,
+    /// Reserved shadow jobs: (job id, target index).
+    jobs: Vec<(u64, usize)>,
+    /// The primary response body, buffered only for score extraction or comparison.
+    response: Option<BodyBuffer>,
+    primary_reported: bool,
 }
 
 impl Stream {
@@ -183,7 +280,7 @@ impl Stream {
         self.version
     }
 
-    pub fn on_request_headers(&mut self, host: &dyn Host) {
+    pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) {
         let Some(active) = self.active.clone() else {
             return;
         };
@@ -215,13 +312,133 @@ impl Stream {
         }
         self.version = Some(d.version);
         self.start_ns = host.now_nanos();
+        if cfg.scores.is_some() {
+            self.response = Some(BodyBuffer::default());
+        }
+        self.start_mirror(host, &active, req, end_of_stream);
     }
 
-    pub fn on_response_headers(&mut self, host: &dyn Host) {
-        let (Some(active), Some(v)) = (&self.active, self.version) else {
+    fn start_mirror(
+        &mut self,
+        host: &dyn Host,
+        active: &Rc<Active>,
+        req: RequestView,
+        end_of_stream: bool,
+    ) {
+        let cfg = &active.cfg;
+        let Some(s) = &cfg.shadow else {
             return;
         };
-        self.status = host.response_header(":status").and_then(|s| s.parse().ok());
+        if !conditions_hold(&s.conditions, &req) {
+            return;
+        }
+        if !in_share(s.share_bps, s.seed, sticky_key(cfg, &req), &mut self.rng.borrow_mut()) {
+            return;
+        }
+        {
+            let mut shadows = self.shadows.borrow_mut();
+            for t in 0..s.targets.len() {
+                match shadows.reserve(active, t, self.start_ns) {
+                    Some(id) => self.jobs.push((id, t)),
+                    None => host.increment(active.ids.shadow_uncompared[t][U_CAPACITY], 1),
+                }
+            }
+        }
+        if self.jobs.is_empty() {
+            return;
+        }
+        let headers = if cfg.needs_headers {
+            req.into_headers()
+        } else {
+            host.request_headers()
+        };
+        if s.compare.is_some() && self.response.is_none() {
+            self.response = Some(BodyBuffer::default());
+        }
+        self.mirror = Some(Mirror {
+            headers,
+            body: BodyBuffer::default(),
+        });
+        if end_of_stream {
+            self.send_mirror(host);
+        }
+    }
+
+    pub fn on_request_body(&mut self, host: &dyn Host, size: usize, end_of_stream: bool) {
+        let Some(m) = &mut self.mirror else {
+            return;
+        };
+        let limit = self
+            .active
+            .as_ref()
+            .and_then(|a| a.cfg.shadow.as_ref())
+            .map_or(0, |s| s.max_body_bytes as usize);
+        if size > 0 && !m.body.overflowed {
+            let chunk = host.body(Body::Request, 0, size).unwrap_or_default();
+            m.body.push(&chunk, limit);
+        }
+        if end_of_stream {
+            self.send_mirror(host);
+        }
+    }
+
+    /// Queues the collected copy for every reserved shadow target.
+    fn send_mirror(&mut self, host: &dyn Host) {
+        let (Some(active), Some(m)) = (self.active.clone(), self.mirror.take()) else {
+            return;
+        };
+        let Some(s) = &active.cfg.shadow else {
+            return;
+        };
+        let mut shadows = self.shadows.borrow_mut();
+        if m.body.overflowed {
+            for (id, t) in self.jobs.drain(..) {
+                shadows.cancel(id);
+                host.increment(
+                    active.ids.shadow_uncompared[t][crate::shadow::U_BODY_TOO_LARGE],
+                    1,
+                );
+            }
+            return;
+        }
+        let routing = active.cfg.routing_header.as_str();
+        let override_header = active.cfg.override_.as_ref().map(|o| o.header.as_str());
+        for (id, t) in &self.jobs {
+            let target = &s.targets[*t];
+            let mut headers: Vec<(String, String)> = m
+                .headers
+                .iter()
+                .filter(|(k, _)| {
+                    copy_header(k)
+                        && k != routing
+                        && Some(k.as_str()) != override_header
+                        && *k != s.mark_header
+                })
+                .map(|(k, v)| {
+                    if k == ":authority" {
+                        (k.clone(), format!("{v}{}", s.authority_suffix))
+                    } else {
+                        (k.clone(), v.clone())
+                    }
+                })
+                .collect();
+            headers.push((s.mark_header.clone(), target.version.clone()));
+            shadows.enqueue(Job {
+                id: *id,
+                target: *t,
+                headers,
+                body: (!m.body.data.is_empty()).then(|| m.body.data.clone()),
+            });
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) {
+        let (Some(active), Some(v)) = (self.active.clone(), self.version) else {
+            return;
+        };
+        self.status = host
+            .response_header(":status")
+            .and_then(|s| s.parse().ok());
         let cfg = &active.cfg;
         let version = &cfg.versions[v];
         if let Some(stamp) = &cfg.stamp_header {
@@ -230,10 +447,104 @@ impl Stream {
         for (k, val) in &version.response_headers {
             host.set_response_header(k, val);
         }
+        if end_of_stream {
+            self.response_done(host);
+        }
+    }
+
+    pub fn on_response_body(&mut self, host: &dyn Host, size: usize, end_of_stream: bool) {
+        let limit = self.buffer_limit();
+        if let Some(buf) = &mut self.response {
+            if size > 0 && !buf.overflowed {
+                let chunk = host.body(Body::Response, 0, size).unwrap_or_default();
+                buf.push(&chunk, limit);
+            }
+        }
+        if end_of_stream {
+            self.response_done(host);
+        }
+    }
+
+    fn buffer_limit(&self) -> usize {
+        let Some(a) = &self.active else {
+            return 0;
+        };
+        let scores = a.cfg.scores.as_ref().map_or(0, |s| s.max_body_bytes);
+        let compare = a
+            .cfg
+            .shadow
+            .as_ref()
+            .and_then(|s| s.compare.as_ref())
+            .map_or(0, |c| c.max_body_bytes);
+        scores.max(compare) as usize
+    }
+
+    /// The whole primary response is in: record its score and hand it to pending comparisons.
+    fn response_done(&mut self, host: &dyn Host) {
+        let (Some(active), Some(v)) = (self.active.clone(), self.version) else {
+            return;
+        };
+        let cfg = &active.cfg;
+        let ok = matches!(self.status, Some(200..=299));
+        let body = self.response.take();
+        let parsed = match (&body, ok) {
+            (Some(b), true) => Some(b.parse(b.data.len().max(1))),
+            _ => None,
+        };
+        if let (Some(sc), Some(parsed), Some(b)) = (&cfg.scores, &parsed, &body) {
+            let result = if b.overflowed || b.data.len() > sc.max_body_bytes as usize {
+                Err(extract::Unusable::BodyTooLarge)
+            } else {
+                parsed
+                    .clone()
+                    .and_then(|val| extract::from_value(&val, None, Some(&sc.pointer)))
+            };
+            match result.map(|f| f.score) {
+                Ok(Some(score)) => {
+                    let bin = extract::bin_index(&sc.bounds, score);
+                    host.increment(active.ids.score_bins[v][bin], 1);
+                }
+                Ok(None) => {}
+                Err(u) => host.increment(active.ids.score_skipped[v][u as usize], 1),
+            }
+        }
+        if self.jobs.is_empty() {
+            return;
+        }
+        let latency_ms = host.now_nanos().saturating_sub(self.start_ns) / 1_000_000;
+        let fields: Result<Fields, usize> = match cfg.shadow.as_ref().and_then(|s| s.compare.as_ref()) {
+            None => Ok(Fields::default()),
+            Some(_) if !ok => Err(U_PRIMARY_ERROR),
+            Some(c) => match (&body, parsed) {
+                (Some(b), _) if b.overflowed || b.data.len() > c.max_body_bytes as usize => {
+                    Err(crate::shadow::U_BODY_TOO_LARGE)
+                }
+                (_, Some(Ok(val))) => extract::from_value(
+                    &val,
+                    c.label_pointer.as_deref(),
+                    c.score_pointer.as_deref(),
+                )
+                .map_err(unusable_index),
+                (_, Some(Err(u))) => Err(unusable_index(u)),
+                (_, None) => Err(U_PRIMARY_ERROR),
+            },
+        };
+        self.report_primary(host, Outcome { latency_ms, fields });
+    }
+
+    fn report_primary(&mut self, host: &dyn Host, outcome: Outcome) {
+        if self.primary_reported {
+            return;
+        }
+        self.primary_reported = true;
+        let mut shadows = self.shadows.borrow_mut();
+        for (id, _) in &self.jobs {
+            shadows.primary_done(host, *id, outcome.clone());
+        }
     }
 
     pub fn on_log(&mut self, host: &dyn Host) {
-        let (Some(active), Some(v)) = (&self.active, self.version) else {
+        let (Some(active), Some(v)) = (self.active.clone(), self.version) else {
             return;
         };
         let class = match self.status {
@@ -245,6 +556,24 @@ impl Stream {
         host.increment(active.ids.responses[v][class], 1);
         let elapsed_ms = host.now_nanos().saturating_sub(self.start_ns) / 1_000_000;
         host.record(active.ids.duration[v], elapsed_ms);
+        if let Some(m) = self.mirror.take() {
+            // The request never completed, so its copy was never queued.
+            drop(m);
+            let mut shadows = self.shadows.borrow_mut();
+            for (id, t) in self.jobs.drain(..) {
+                shadows.cancel(id);
+                host.increment(active.ids.shadow_uncompared[t][U_PRIMARY_ERROR], 1);
+            }
+        }
+        if !self.jobs.is_empty() {
+            self.report_primary(
+                host,
+                Outcome {
+                    latency_ms: elapsed_ms,
+                    fields: Err(U_PRIMARY_ERROR),
+                },
+            );
+        }
     }
 }
 

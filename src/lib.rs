@@ -6,12 +6,14 @@
 pub mod cidr;
 pub mod config;
 mod config_parse;
+pub mod extract;
 pub mod filter;
 pub mod hash;
 pub mod host;
 pub mod matcher;
 pub mod metrics;
 pub mod routing;
+pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

@@ -40,6 +40,10 @@ impl RequestView {
         RequestView { headers }
     }
 
+    pub fn into_headers(self) -> Vec<(String, String)> {
+        self.headers
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

