@@ -1,0 +1,122 @@
+//! Shared helpers for the plugin's end-to-end tests: the shipped `envoy/*.yaml` configs, made
+//! runnable on free ports, plus a Prometheus text reader.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aviary_sim::{EnvoyBuilder, EnvoyProcess, ModelServer, ModelServerConfig};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn wasm() -> PathBuf {
+    let p = root().join("target/wasm32-wasip1/release/aviary.wasm");
+    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    p
+}
+
+pub fn envoy_file(name: &str) -> String {
+    std::fs::read_to_string(root().join("envoy").join(name))
+        .unwrap_or_else(|e| panic!("reading envoy/{name}: {e}"))
+}
+
+/// Turns a shipped config into a template: free ports, absolute wasm path, ECDS file in the
+/// instance's work dir, and the given plugin JSON.
+pub fn template(file: &str, plugin_json: &str) -> String {
+    let mut t = envoy_file(file)
+        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 8081", "port_value: {{STABLE_PORT}}")
+        .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
+        .replace("target/wasm32-wasip1/release/aviary.wasm", "{{WASM}}")
+        .replace("path: envoy/aviary-ecds-config.yaml", "path: {{WORK_DIR}}/ecds.yaml");
+    if let Some(start) = t.find("value: |\n") {
+        let end = t[start..].find("\n          - name: envoy.filters.http.router").map_or(t.len(), |e| start + e);
+        let indent = " ".repeat(20);
+        t.replace_range(start..end, &format!("value: |\n{indent}{plugin_json}"));
+    }
+    t
+}
+
+/// The ECDS resource file for a plugin config, in the shipped format.
+pub fn ecds_resource(plugin_json: &str, wasm: &str) -> String {
+    let shipped = envoy_file("aviary-ecds-config.yaml");
+    let start = shipped.find("value: |\n").expect("shipped ECDS file has a config value");
+    format!(
+        "{}value: |\n          {}\n",
+        &shipped[..start],
+        plugin_json
+    )
+    .replace("target/wasm32-wasip1/release/aviary.wasm", wasm)
+}
+
+pub struct Rig {
+    pub envoy: EnvoyProcess,
+    pub stable: ModelServer,
+    pub canary: ModelServer,
+    pub url: String,
+}
+
+pub fn model(version: &str, tweak: impl FnOnce(&mut ModelServerConfig)) -> ModelServer {
+    let mut cfg = ModelServerConfig::new(version);
+    tweak(&mut cfg);
+    ModelServer::spawn(cfg).expect("model server starts")
+}
+
+pub fn start(file: &str, plugin_json: &str) -> Rig {
+    start_with(file, plugin_json, model("stable", |_| {}), model("canary", |_| {}))
+}
+
+pub fn start_with(file: &str, plugin_json: &str, stable: ModelServer, canary: ModelServer) -> Rig {
+    let wasm = wasm();
+    let mut b = EnvoyBuilder::new(template(file, plugin_json))
+        .var("STABLE_PORT", stable.port())
+        .var("CANARY_PORT", canary.port())
+        .path_var("WASM", &wasm);
+    if file.contains("ecds") {
+        b = b.file("ecds.yaml", ecds_resource(plugin_json, &wasm.to_string_lossy()));
+    }
+    let envoy = b.start().expect("envoy starts");
+    let port = envoy.listener_port("ingress").expect("listener port");
+    Rig {
+        envoy,
+        stable,
+        canary,
+        url: format!("http://127.0.0.1:{port}/predict"),
+    }
+}
+
+/// Samples of a Prometheus text exposition, keyed by `name{labels}` exactly as printed.
+pub fn prom(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of all samples of `name` whose labels include every `want` pair.
+pub fn sum(samples: &BTreeMap<String, f64>, name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
+        .filter(|(k, _)| want.iter().all(|(l, v)| k.contains(&format!("{l}=\"{v}\""))))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
