@@ -31,6 +31,7 @@ pub fn template(file: &str, plugin_json: &str) -> String {
         .replace("port_value: 10000", "port_value: 0")
         .replace("port_value: 8081", "port_value: {{STABLE_PORT}}")
         .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
+        .replace("port_value: 8083", "port_value: {{SHADOW_PORT}}")
         .replace("target/wasm32-wasip1/release/aviary.wasm", "{{WASM}}")
         .replace("path: envoy/aviary-ecds-config.yaml", "path: {{WORK_DIR}}/ecds.yaml");
     if let Some(start) = t.find("value: |\n") {

@@ -1,0 +1,115 @@
+//! Shadow comparison and live score bins in the real Envoy, against model servers with known,
+//! seeded outputs; and proof that a slow or broken shadow never hurts users.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use aviary_sim::modelserver::{disagrees, predict};
+use aviary_sim::{run_load, EnvoyBuilder, Fault, Latency, LoadConfig, ModelServer};
+use common::*;
+
+const BOUNDS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+fn shadow_json(share: u32, cluster: &str) -> String {
+    format!(
+        r#"{{"service":"recsys","versions":[{{"name":"stable","weight":10000}},{{"name":"canary","weight":0}}],"shadow":{{"targets":[{{"version":"v2","cluster":"{cluster}"}}],"share":{share},"timeoutMs":3000,"maxInFlight":2048,"compare":{{"labelPointer":"/prediction/label","scorePointer":"/prediction/score"}}}},"scores":{{"pointer":"/prediction/score","bounds":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0]}}}}"#
+    )
+}
+
+fn start_shadow(plugin: &str, shadow: &ModelServer) -> Rig {
+    let stable = model("stable", |_| {});
+    let canary = model("canary", |_| {});
+    let wasm = wasm();
+    let envoy = EnvoyBuilder::new(template("aviary-shadow.yaml", plugin))
+        .var("STABLE_PORT", stable.port())
+        .var("CANARY_PORT", canary.port())
+        .var("SHADOW_PORT", shadow.port())
+        .path_var("WASM", &wasm)
+        .start()
+        .unwrap();
+    let port = envoy.listener_port("ingress").unwrap();
+    Rig { envoy, stable, canary, url: format!("http://127.0.0.1:{port}/predict") }
+}
+
+#[test]
+fn agreement_and_score_bins_match_the_models_known_outputs() {
+    let shadow = model("v2", |c| c.disagree_rate = 0.2);
+    let rig = start_shadow(&shadow_json(10_000, "shadow_v2"), &shadow);
+    let mut cfg = LoadConfig::requests(&rig.url, 2000);
+    cfg.connections = 8;
+    cfg.input_header = Some("x-input-id".into());
+    let s = run_load(&cfg).unwrap().summary;
+    assert_eq!(s.status(200), 2000, "{s}");
+
+    let inputs: Vec<String> = (0..2000).map(|i| cfg.input_for(i)).collect();
+    let seed = rig.stable.config().seed;
+    let want_disagree = inputs.iter().filter(|i| disagrees(seed, 0.2, i)).count() as f64;
+    let mut want_bins = [0u64; 11];
+    let stable_cfg = rig.stable.config();
+    for i in &inputs {
+        let p = predict(seed, &stable_cfg.labels, &stable_cfg.score, 0.0, i);
+        want_bins[BOUNDS.partition_point(|b| *b < p.score)] += 1;
+    }
+
+    let settled = wait_until(Duration::from_secs(10), || {
+        let m = prom(&rig.envoy.stats_prometheus().unwrap());
+        sum(&m, "aviary_shadow_comparisons_total", &[]) == 2000.0
+    });
+    let m = prom(&rig.envoy.stats_prometheus().unwrap());
+    assert!(settled, "comparisons: {}", sum(&m, "aviary_shadow_comparisons_total", &[]));
+    let disagree = sum(&m, "aviary_shadow_comparisons_total", &[("version", "v2"), ("result", "disagree")]);
+    assert_eq!(disagree, want_disagree, "exactly the inputs the shadow disagrees on");
+    // And the known share: 20% of 2000 = 400 ± 72 (4 sigma).
+    assert!((disagree - 400.0).abs() <= 72.0, "{disagree}");
+    assert_eq!(sum(&m, "aviary_shadow_uncompared_total", &[]), 0.0);
+    assert_eq!(sum(&m, "aviary_shadow_requests_total", &[("version", "v2")]), 2000.0);
+    assert_eq!(shadow.stats().requests, 2000, "the shadow server saw every copy");
+    for (i, want) in want_bins.iter().enumerate() {
+        let bin = if i < BOUNDS.len() { aviary::metrics::fmt_decimal(BOUNDS[i]) } else { "+Inf".into() };
+        let got = sum(&m, "aviary_score_bin_total", &[("version", "stable"), ("bin", &bin)]);
+        assert_eq!(got as u64, *want, "bin {bin}");
+    }
+}
+
+fn user_latency(rig: &Rig) -> aviary_sim::LoadSummary {
+    let mut cfg = LoadConfig::duration(&rig.url, Duration::from_secs(3));
+    cfg.rate = Some(200.0);
+    cfg.connections = 8;
+    cfg.input_header = Some("x-input-id".into());
+    run_load(&cfg).unwrap().summary
+}
+
+#[test]
+fn slow_or_broken_shadows_never_hurt_users() {
+    let cases: Vec<(&str, ModelServer, u32, &str)> = vec![
+        ("no shadow", model("v2", |_| {}), 0, "shadow_v2"),
+        ("2 s shadow", model("v2", |c| c.latency = Latency::fixed_ms(2000.0)), 10_000, "shadow_v2"),
+        ("5xx shadow", model("v2", |c| c.fault = Fault::Status(503)), 10_000, "shadow_v2"),
+        ("resetting shadow", model("v2", |c| c.fault = Fault::Reset), 10_000, "shadow_v2"),
+        ("missing cluster", model("v2", |_| {}), 10_000, "no_such_cluster"),
+    ];
+    let mut rows = Vec::new();
+    for (name, shadow, share, cluster) in cases {
+        let rig = start_shadow(&shadow_json(share, cluster), &shadow);
+        let s = user_latency(&rig);
+        assert_eq!(s.errors, 0, "{name}: {s}");
+        assert_eq!(s.responses, s.status(200), "{name}: every user request succeeded: {s}");
+        assert!(s.by_served_by.keys().all(|k| k == "stable"), "{name}");
+        rows.push((name, s.latency_ms.p50, s.latency_ms.p99, s.total));
+        if name == "2 s shadow" {
+            let m = prom(&rig.envoy.stats_prometheus().unwrap());
+            assert!(sum(&m, "aviary_shadow_requests_total", &[]) > 500.0, "it really mirrored");
+        }
+    }
+    eprintln!("user latency at 200 req/s (p50 ms, p99 ms, requests):");
+    for r in &rows {
+        eprintln!("  {:<18} {:>7.3} {:>7.3} {:>6}", r.0, r.1, r.2, r.3);
+    }
+    let (base50, base99) = (rows[0].1, rows[0].2);
+    for (name, p50, p99, _) in &rows[1..] {
+        assert!(*p50 <= base50 + 2.0, "{name}: p50 {p50} ms vs {base50} ms without shadow");
+        assert!(*p99 <= base99 + 10.0 + base99, "{name}: p99 {p99} ms vs {base99} ms");
+    }
+}
