@@ -145,7 +145,13 @@ impl Default for AviaryRoot {
 }
 
 impl Context for AviaryRoot {
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
         self.0
             .on_http_call_response(&WasmHost, token, num_headers, body_size);
     }

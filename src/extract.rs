@@ -124,8 +124,14 @@ mod tests {
             fields(body, Some("/prediction/class"), None).map(|f| f.label),
             Ok(Some("3".into()))
         );
-        assert_eq!(fields(body, Some("/nope"), None), Err(Unusable::FieldMissing));
-        assert_eq!(fields(body, None, Some("/prediction/label")), Err(Unusable::FieldMissing));
+        assert_eq!(
+            fields(body, Some("/nope"), None),
+            Err(Unusable::FieldMissing)
+        );
+        assert_eq!(
+            fields(body, None, Some("/prediction/label")),
+            Err(Unusable::FieldMissing)
+        );
         assert_eq!(fields(b"<html>", None, None), Err(Unusable::NonJson));
     }
 

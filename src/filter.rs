@@ -75,7 +75,11 @@ impl Root {
         match activate(host, raw) {
             Ok(active) => {
                 host.log(LogLevel::Info, &describe(&active.cfg));
-                let tick = if active.cfg.shadow.is_some() { SHADOW_TICK_MS } else { 0 };
+                let tick = if active.cfg.shadow.is_some() {
+                    SHADOW_TICK_MS
+                } else {
+                    0
+                };
                 host.set_tick_period_ms(tick);
                 self.active = Some(Rc::new(active));
                 true
@@ -139,7 +143,13 @@ fn describe(cfg: &Compiled) -> String {
     let shadows = cfg
         .shadow
         .as_ref()
-        .map(|s| format!(", shadow={}bps to {} target(s)", s.share_bps, s.targets.len()))
+        .map(|s| {
+            format!(
+                ", shadow={}bps to {} target(s)",
+                s.share_bps,
+                s.targets.len()
+            )
+        })
         .unwrap_or_default();
     format!(
         "aviary {VERSION}: config {:016x} active for service {}: {}, {} rules, sticky={}{kill}{shadows}",
@@ -209,12 +219,20 @@ fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigEr
         let resp = per(Counter, metrics::RESPONSES, &labels, "class", &CLASSES)?;
         let (r, c) = (arr(req), arr(resp));
         ids.requests.push([r[0], r[1], r[2], r[3], r[4]]);
-        ids.responses.push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
-        ids.duration.push(define(Histogram, metrics::DURATION, &labels)?);
+        ids.responses
+            .push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
+        ids.duration
+            .push(define(Histogram, metrics::DURATION, &labels)?);
         ids.score_bins
             .push(per(Counter, metrics::SCORE_BINS, &labels, "bin", &bins)?);
         let sk = if cfg.scores.is_some() {
-            arr(per(Counter, metrics::SCORE_SKIPPED, &labels, "reason", &skip_reasons)?)
+            arr(per(
+                Counter,
+                metrics::SCORE_SKIPPED,
+                &labels,
+                "reason",
+                &skip_reasons,
+            )?)
         } else {
             [0; 8]
         };
@@ -230,18 +248,44 @@ fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigEr
     if let Some(s) = &cfg.shadow {
         for t in &s.targets {
             let labels = [("service", svc), ("version", t.version.as_str())];
-            ids.shadow_sent.push(define(Counter, metrics::SHADOW_REQUESTS, &labels)?);
-            let c = arr(per(Counter, metrics::SHADOW_RESPONSES, &labels, "class", &SHADOW_CLASSES)?);
-            ids.shadow_responses.push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
-            let r = per(Counter, metrics::SHADOW_COMPARISONS, &labels, "result", &RESULTS)?;
+            ids.shadow_sent
+                .push(define(Counter, metrics::SHADOW_REQUESTS, &labels)?);
+            let c = arr(per(
+                Counter,
+                metrics::SHADOW_RESPONSES,
+                &labels,
+                "class",
+                &SHADOW_CLASSES,
+            )?);
+            ids.shadow_responses
+                .push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
+            let r = per(
+                Counter,
+                metrics::SHADOW_COMPARISONS,
+                &labels,
+                "result",
+                &RESULTS,
+            )?;
             ids.shadow_comparisons.push([r[0], r[1], r[2]]);
-            let u = per(Counter, metrics::SHADOW_UNCOMPARED, &labels, "reason", &UNCOMPARED)?;
+            let u = per(
+                Counter,
+                metrics::SHADOW_UNCOMPARED,
+                &labels,
+                "reason",
+                &UNCOMPARED,
+            )?;
             let mut ua = [0; UNCOMPARED.len()];
             ua.copy_from_slice(&u);
             ids.shadow_uncompared.push(ua);
             ids.shadow_score_delta
                 .push(define(Histogram, metrics::SHADOW_SCORE_DELTA, &labels)?);
-            let d = per(Histogram, metrics::SHADOW_LATENCY_DELTA, &labels, "direction", &DIRECTIONS)?;
+            let d = per(
+                Histogram,
+                metrics::SHADOW_LATENCY_DELTA,
+                &labels,
+                "direction",
+                &DIRECTIONS,
+            )?;
             ids.shadow_latency_delta.push([d[0], d[1]]);
         }
     }
@@ -332,7 +376,12 @@ impl Stream {
         if !conditions_hold(&s.conditions, &req) {
             return;
         }
-        if !in_share(s.share_bps, s.seed, sticky_key(cfg, &req), &mut self.rng.borrow_mut()) {
+        if !in_share(
+            s.share_bps,
+            s.seed,
+            sticky_key(cfg, &req),
+            &mut self.rng.borrow_mut(),
+        ) {
             return;
         }
         {
@@ -436,9 +485,7 @@ impl Stream {
         let (Some(active), Some(v)) = (self.active.clone(), self.version) else {
             return;
         };
-        self.status = host
-            .response_header(":status")
-            .and_then(|s| s.parse().ok());
+        self.status = host.response_header(":status").and_then(|s| s.parse().ok());
         let cfg = &active.cfg;
         let version = &cfg.versions[v];
         if let Some(stamp) = &cfg.stamp_header {
@@ -512,23 +559,24 @@ impl Stream {
             return;
         }
         let latency_ms = host.now_nanos().saturating_sub(self.start_ns) / 1_000_000;
-        let fields: Result<Fields, usize> = match cfg.shadow.as_ref().and_then(|s| s.compare.as_ref()) {
-            None => Ok(Fields::default()),
-            Some(_) if !ok => Err(U_PRIMARY_ERROR),
-            Some(c) => match (&body, parsed) {
-                (Some(b), _) if b.overflowed || b.data.len() > c.max_body_bytes as usize => {
-                    Err(crate::shadow::U_BODY_TOO_LARGE)
-                }
-                (_, Some(Ok(val))) => extract::from_value(
-                    &val,
-                    c.label_pointer.as_deref(),
-                    c.score_pointer.as_deref(),
-                )
-                .map_err(unusable_index),
-                (_, Some(Err(u))) => Err(unusable_index(u)),
-                (_, None) => Err(U_PRIMARY_ERROR),
-            },
-        };
+        let fields: Result<Fields, usize> =
+            match cfg.shadow.as_ref().and_then(|s| s.compare.as_ref()) {
+                None => Ok(Fields::default()),
+                Some(_) if !ok => Err(U_PRIMARY_ERROR),
+                Some(c) => match (&body, parsed) {
+                    (Some(b), _) if b.overflowed || b.data.len() > c.max_body_bytes as usize => {
+                        Err(crate::shadow::U_BODY_TOO_LARGE)
+                    }
+                    (_, Some(Ok(val))) => extract::from_value(
+                        &val,
+                        c.label_pointer.as_deref(),
+                        c.score_pointer.as_deref(),
+                    )
+                    .map_err(unusable_index),
+                    (_, Some(Err(u))) => Err(unusable_index(u)),
+                    (_, None) => Err(U_PRIMARY_ERROR),
+                },
+            };
         self.report_primary(host, Outcome { latency_ms, fields });
     }
 

@@ -63,7 +63,7 @@ impl SplitMix64 {
 
     /// Uniform in 0..10000 (Lemire's multiply-shift; the bias is below 2^-50).
     pub fn bucket(&mut self) -> u32 {
-        ((self.next_u64() >> 32) * u64::from(crate::config::BUCKETS) >> 32) as u32
+        (((self.next_u64() >> 32) * u64::from(crate::config::BUCKETS)) >> 32) as u32
     }
 }
 

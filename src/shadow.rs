@@ -95,7 +95,11 @@ impl Shadows {
 
     /// Reserves a slot for a mirrored request to `target`; `None` when at capacity.
     pub fn reserve(&mut self, active: &Rc<Active>, target: usize, now_ns: u64) -> Option<u64> {
-        let cap = active.cfg.shadow.as_ref().map_or(0, |s| s.max_in_flight as usize);
+        let cap = active
+            .cfg
+            .shadow
+            .as_ref()
+            .map_or(0, |s| s.max_in_flight as usize);
         if self.pending.len() >= cap {
             return None;
         }
@@ -270,7 +274,12 @@ impl Shadows {
             (primary.latency_ms - shadow.latency_ms, 1)
         };
         host.record(ids.shadow_latency_delta[t][dir], delta);
-        let compare = p.active.cfg.shadow.as_ref().and_then(|s| s.compare.as_ref());
+        let compare = p
+            .active
+            .cfg
+            .shadow
+            .as_ref()
+            .and_then(|s| s.compare.as_ref());
         if compare.is_none() {
             return;
         }
@@ -279,7 +288,10 @@ impl Shadows {
             (Err(reason), _) => host.increment(ids.shadow_uncompared[t][reason], 1),
             (Ok(a), Ok(b)) => {
                 if let (Some(x), Some(y)) = (a.score, b.score) {
-                    host.record(ids.shadow_score_delta[t], ((x - y).abs() * 1000.0).round() as u64);
+                    host.record(
+                        ids.shadow_score_delta[t],
+                        ((x - y).abs() * 1000.0).round() as u64,
+                    );
                 }
                 let result = match (a.label, b.label) {
                     (Some(x), Some(y)) if x == y => 0,
@@ -299,7 +311,13 @@ const EXPIRY_GRACE_MS: u64 = 5_000;
 pub fn copy_header(name: &str) -> bool {
     !matches!(
         name,
-        "content-length" | "connection" | "keep-alive" | "transfer-encoding" | "te" | "upgrade"
-            | "proxy-connection" | "expect"
+        "content-length"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "upgrade"
+            | "proxy-connection"
+            | "expect"
     )
 }

@@ -56,16 +56,40 @@ fn ten_percent_split_is_binomial_and_metrics_match_client_counts() {
     let samples = prom(&rig.envoy.stats_prometheus().unwrap());
     for v in ["stable", "canary"] {
         let client = random.served_by(v) + keyed.served_by(v);
-        let served_5xx = random.by_served_by.get(v).map_or(0, |g| g.by_status.get(&500).copied().unwrap_or(0))
-            + keyed.by_served_by.get(v).map_or(0, |g| g.by_status.get(&500).copied().unwrap_or(0));
+        let served_5xx = random
+            .by_served_by
+            .get(v)
+            .map_or(0, |g| g.by_status.get(&500).copied().unwrap_or(0))
+            + keyed
+                .by_served_by
+                .get(v)
+                .map_or(0, |g| g.by_status.get(&500).copied().unwrap_or(0));
         let labels = [("service", "recsys"), ("version", v)];
-        assert_eq!(sum(&samples, "aviary_requests_total", &labels) as u64, client, "{v} requests");
-        let r = |class| sum(&samples, "aviary_responses_total", &[labels[0], labels[1], ("class", class)]) as u64;
+        assert_eq!(
+            sum(&samples, "aviary_requests_total", &labels) as u64,
+            client,
+            "{v} requests"
+        );
+        let r = |class| {
+            sum(
+                &samples,
+                "aviary_responses_total",
+                &[labels[0], labels[1], ("class", class)],
+            ) as u64
+        };
         assert_eq!(r("2xx") + r("5xx"), client, "{v} responses");
         assert_eq!(r("5xx"), served_5xx, "{v} 5xx");
         assert_eq!(r("local") + r("reset") + r("4xx"), 0);
-        let upstream = if v == "stable" { &rig.stable } else { &rig.canary };
-        assert_eq!(upstream.stats().requests, client, "{v} upstream saw what the client saw");
+        let upstream = if v == "stable" {
+            &rig.stable
+        } else {
+            &rig.canary
+        };
+        assert_eq!(
+            upstream.stats().requests,
+            client,
+            "{v} upstream saw what the client saw"
+        );
     }
     assert_eq!(
         sum(&samples, "aviary_requests_total", &[("reason", "random")]) as u64,
@@ -75,7 +99,10 @@ fn ten_percent_split_is_binomial_and_metrics_match_client_counts() {
         sum(&samples, "aviary_requests_total", &[("reason", "sticky")]) as u64,
         10_000
     );
-    assert_eq!(sum(&samples, "aviary_weight_bps", &[("version", "canary")]), 1000.0);
+    assert_eq!(
+        sum(&samples, "aviary_weight_bps", &[("version", "canary")]),
+        1000.0
+    );
     // Histograms appear after a stats flush (1 s).
     assert!(wait_until(Duration::from_secs(5), || {
         let s = prom(&rig.envoy.stats_prometheus().unwrap());
@@ -102,17 +129,31 @@ fn same_user_always_reaches_one_version_and_rules_force_versions() {
     let r = get(&rig.url, &[("x-user-id", &stable_user)]);
     assert_eq!(r.header("x-aviary-served-by"), Some("stable"));
     assert_eq!(r.header("x-model-version"), Some("stable"));
-    let r = get(&rig.url, &[("x-user-id", &stable_user), ("x-canary", "always")]);
+    let r = get(
+        &rig.url,
+        &[("x-user-id", &stable_user), ("x-canary", "always")],
+    );
     assert_eq!(r.header("x-aviary-served-by"), Some("canary"));
-    assert_eq!(r.header("x-model-version"), Some("canary"), "Envoy routed on the header");
+    assert_eq!(
+        r.header("x-model-version"),
+        Some("canary"),
+        "Envoy routed on the header"
+    );
     let canary_user = (0..2000)
         .map(|i| format!("u{i}"))
         .find(|u| aviary::hash::bucket(u.as_bytes(), 0) >= 9000)
         .unwrap();
     let r = get(&rig.url, &[("x-user-id", &canary_user)]);
     assert_eq!(r.header("x-model-version"), Some("canary"));
-    let r = get(&rig.url, &[("x-user-id", &canary_user), ("x-region", "eu-west-1")]);
-    assert_eq!(r.header("x-model-version"), Some("stable"), "region rule forces stable");
+    let r = get(
+        &rig.url,
+        &[("x-user-id", &canary_user), ("x-region", "eu-west-1")],
+    );
+    assert_eq!(
+        r.header("x-model-version"),
+        Some("stable"),
+        "region rule forces stable"
+    );
 }
 
 #[test]
@@ -123,7 +164,11 @@ fn client_cannot_pick_its_version() {
     cfg.headers = vec![("x-aviary-version".into(), "canary".into())];
     let s = run_load(&cfg).unwrap().summary;
     assert_eq!(s.served_by("stable"), 500, "{s}");
-    assert_eq!(rig.canary.stats().requests, 0, "no spoofed request reached the canary");
+    assert_eq!(
+        rig.canary.stats().requests,
+        0,
+        "no spoofed request reached the canary"
+    );
 }
 
 #[test]
@@ -136,8 +181,18 @@ fn cluster_header_routing_and_kill_switch() {
     assert_eq!(s.served_by("canary"), 300, "{s}");
     assert_eq!(rig.canary.stats().requests, 300);
     let samples = prom(&rig.envoy.stats_prometheus().unwrap());
-    assert_eq!(sum(&samples, "aviary_requests_total", &[("reason", "kill_switch")]), 300.0);
-    assert_eq!(sum(&samples, "aviary_weight_bps", &[("version", "canary")]), 10000.0);
+    assert_eq!(
+        sum(
+            &samples,
+            "aviary_requests_total",
+            &[("reason", "kill_switch")]
+        ),
+        300.0
+    );
+    assert_eq!(
+        sum(&samples, "aviary_weight_bps", &[("version", "canary")]),
+        10000.0
+    );
 }
 
 #[test]
@@ -157,7 +212,11 @@ fn upstream_failures_are_counted_as_local_replies() {
     }
     let samples = prom(&rig.envoy.stats_prometheus().unwrap());
     assert_eq!(
-        sum(&samples, "aviary_responses_total", &[("version", "canary"), ("class", "local")]),
+        sum(
+            &samples,
+            "aviary_responses_total",
+            &[("version", "canary"), ("class", "local")]
+        ),
         5.0
     );
 }
@@ -175,7 +234,14 @@ fn every_shipped_envoy_config_validates() {
         // Validate from the repository root, where the relative paths in the configs resolve.
         let out = std::process::Command::new(aviary_sim::find_envoy().unwrap())
             .current_dir(root())
-            .args(["--mode", "validate", "--base-id", "0", "--disable-hot-restart", "-c"])
+            .args([
+                "--mode",
+                "validate",
+                "--base-id",
+                "0",
+                "--disable-hot-restart",
+                "-c",
+            ])
             .arg(&path)
             .output()
             .unwrap();
@@ -237,7 +303,11 @@ fn ecds_applies_new_weights_under_load_without_failures() {
     }
     let s = load.join().unwrap();
     assert_eq!(s.errors, 0, "{s}");
-    assert_eq!(s.responses, s.status(200), "no request failed during swaps: {s}");
+    assert_eq!(
+        s.responses,
+        s.status(200),
+        "no request failed during swaps: {s}"
+    );
     assert!(s.served_by("canary") > 0 && s.served_by("stable") > 0);
     eprintln!("ECDS apply latency (rename to first response with new behaviour): {applied:?}");
     for d in &applied {
@@ -263,7 +333,11 @@ fn ecds_applies_new_weights_under_load_without_failures() {
     let mut cfg = LoadConfig::requests(&rig.url, 200);
     cfg.users = 200;
     let s = run_load(&cfg).unwrap().summary;
-    assert_eq!(s.served_by("stable"), 200, "last good config (0% canary) still serves");
+    assert_eq!(
+        s.served_by("stable"),
+        200,
+        "last good config (0% canary) still serves"
+    );
     let log = std::fs::read_to_string(rig.envoy.log_path()).unwrap();
     assert!(
         log.contains("versions[1].weight") && log.contains("out of range"),

@@ -30,7 +30,12 @@ fn start_shadow(plugin: &str, shadow: &ModelServer) -> Rig {
         .start()
         .unwrap();
     let port = envoy.listener_port("ingress").unwrap();
-    Rig { envoy, stable, canary, url: format!("http://127.0.0.1:{port}/predict") }
+    Rig {
+        envoy,
+        stable,
+        canary,
+        url: format!("http://127.0.0.1:{port}/predict"),
+    }
 }
 
 #[test]
@@ -58,17 +63,43 @@ fn agreement_and_score_bins_match_the_models_known_outputs() {
         sum(&m, "aviary_shadow_comparisons_total", &[]) == 2000.0
     });
     let m = prom(&rig.envoy.stats_prometheus().unwrap());
-    assert!(settled, "comparisons: {}", sum(&m, "aviary_shadow_comparisons_total", &[]));
-    let disagree = sum(&m, "aviary_shadow_comparisons_total", &[("version", "v2"), ("result", "disagree")]);
-    assert_eq!(disagree, want_disagree, "exactly the inputs the shadow disagrees on");
+    assert!(
+        settled,
+        "comparisons: {}",
+        sum(&m, "aviary_shadow_comparisons_total", &[])
+    );
+    let disagree = sum(
+        &m,
+        "aviary_shadow_comparisons_total",
+        &[("version", "v2"), ("result", "disagree")],
+    );
+    assert_eq!(
+        disagree, want_disagree,
+        "exactly the inputs the shadow disagrees on"
+    );
     // And the known share: 20% of 2000 = 400 ± 72 (4 sigma).
     assert!((disagree - 400.0).abs() <= 72.0, "{disagree}");
     assert_eq!(sum(&m, "aviary_shadow_uncompared_total", &[]), 0.0);
-    assert_eq!(sum(&m, "aviary_shadow_requests_total", &[("version", "v2")]), 2000.0);
-    assert_eq!(shadow.stats().requests, 2000, "the shadow server saw every copy");
+    assert_eq!(
+        sum(&m, "aviary_shadow_requests_total", &[("version", "v2")]),
+        2000.0
+    );
+    assert_eq!(
+        shadow.stats().requests,
+        2000,
+        "the shadow server saw every copy"
+    );
     for (i, want) in want_bins.iter().enumerate() {
-        let bin = if i < BOUNDS.len() { aviary::metrics::fmt_decimal(BOUNDS[i]) } else { "+Inf".into() };
-        let got = sum(&m, "aviary_score_bin_total", &[("version", "stable"), ("bin", &bin)]);
+        let bin = if i < BOUNDS.len() {
+            aviary::metrics::fmt_decimal(BOUNDS[i])
+        } else {
+            "+Inf".into()
+        };
+        let got = sum(
+            &m,
+            "aviary_score_bin_total",
+            &[("version", "stable"), ("bin", &bin)],
+        );
         assert_eq!(got as u64, *want, "bin {bin}");
     }
 }
@@ -85,22 +116,49 @@ fn user_latency(rig: &Rig) -> aviary_sim::LoadSummary {
 fn slow_or_broken_shadows_never_hurt_users() {
     let cases: Vec<(&str, ModelServer, u32, &str)> = vec![
         ("no shadow", model("v2", |_| {}), 0, "shadow_v2"),
-        ("2 s shadow", model("v2", |c| c.latency = Latency::fixed_ms(2000.0)), 10_000, "shadow_v2"),
-        ("5xx shadow", model("v2", |c| c.fault = Fault::Status(503)), 10_000, "shadow_v2"),
-        ("resetting shadow", model("v2", |c| c.fault = Fault::Reset), 10_000, "shadow_v2"),
-        ("missing cluster", model("v2", |_| {}), 10_000, "no_such_cluster"),
+        (
+            "2 s shadow",
+            model("v2", |c| c.latency = Latency::fixed_ms(2000.0)),
+            10_000,
+            "shadow_v2",
+        ),
+        (
+            "5xx shadow",
+            model("v2", |c| c.fault = Fault::Status(503)),
+            10_000,
+            "shadow_v2",
+        ),
+        (
+            "resetting shadow",
+            model("v2", |c| c.fault = Fault::Reset),
+            10_000,
+            "shadow_v2",
+        ),
+        (
+            "missing cluster",
+            model("v2", |_| {}),
+            10_000,
+            "no_such_cluster",
+        ),
     ];
     let mut rows = Vec::new();
     for (name, shadow, share, cluster) in cases {
         let rig = start_shadow(&shadow_json(share, cluster), &shadow);
         let s = user_latency(&rig);
         assert_eq!(s.errors, 0, "{name}: {s}");
-        assert_eq!(s.responses, s.status(200), "{name}: every user request succeeded: {s}");
+        assert_eq!(
+            s.responses,
+            s.status(200),
+            "{name}: every user request succeeded: {s}"
+        );
         assert!(s.by_served_by.keys().all(|k| k == "stable"), "{name}");
         rows.push((name, s.latency_ms.p50, s.latency_ms.p99, s.total));
         if name == "2 s shadow" {
             let m = prom(&rig.envoy.stats_prometheus().unwrap());
-            assert!(sum(&m, "aviary_shadow_requests_total", &[]) > 500.0, "it really mirrored");
+            assert!(
+                sum(&m, "aviary_shadow_requests_total", &[]) > 500.0,
+                "it really mirrored"
+            );
         }
     }
     eprintln!("user latency at 200 req/s (p50 ms, p99 ms, requests):");
@@ -109,7 +167,13 @@ fn slow_or_broken_shadows_never_hurt_users() {
     }
     let (base50, base99) = (rows[0].1, rows[0].2);
     for (name, p50, p99, _) in &rows[1..] {
-        assert!(*p50 <= base50 + 2.0, "{name}: p50 {p50} ms vs {base50} ms without shadow");
-        assert!(*p99 <= base99 + 10.0 + base99, "{name}: p99 {p99} ms vs {base99} ms");
+        assert!(
+            *p50 <= base50 + 2.0,
+            "{name}: p50 {p50} ms vs {base50} ms without shadow"
+        );
+        assert!(
+            *p99 <= base99 + 10.0 + base99,
+            "{name}: p99 {p99} ms vs {base99} ms"
+        );
     }
 }

@@ -109,8 +109,11 @@ fn shares_follow_the_weights() {
         counts[version_of(&cfg, &format!("user-{i}"))] += 1;
     }
     // 4 sigma of a binomial with n = 20000.
-    for (c, p) in counts.iter().zip([0.7, 0.2, 0.1]) {
-        let sd = (20_000.0 * p * (1.0 - p) as f64).sqrt();
-        assert!((f64::from(*c) - 20_000.0 * p).abs() < 4.0 * sd, "{counts:?}");
+    for (c, p) in counts.iter().zip([0.7f64, 0.2, 0.1]) {
+        let sd: f64 = (20_000.0 * p * (1.0 - p)).sqrt();
+        assert!(
+            (f64::from(*c) - 20_000.0 * p).abs() < 4.0 * sd,
+            "{counts:?}"
+        );
     }
 }

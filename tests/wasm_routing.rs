@@ -6,10 +6,15 @@
 use aviary_testhost::prelude::*;
 use proptest::prelude::*;
 
-const BASE: &str = r#""service":"recsys","sticky":{"keys":[{"header":"x-user-id"},{"cookie":"session"}]}"#;
+const BASE: &str =
+    r#""service":"recsys","sticky":{"keys":[{"header":"x-user-id"},{"cookie":"session"}]}"#;
 
 fn cfg(weights: (u32, u32), extra: &str) -> String {
-    let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(",{extra}")
+    };
     format!(
         r#"{{{BASE},"versions":[{{"name":"stable","weight":{}}},{{"name":"canary","weight":{},"requestHeaders":{{"x-model":"v2"}},"responseHeaders":{{"x-canary-note":"yes"}}}}]{extra}}}"#,
         weights.0, weights.1
@@ -29,7 +34,11 @@ fn host(config: &str) -> Host {
 
 /// One request through the filter; returns (routing header, response stamp).
 fn request(host: &Host, headers: &[(&str, &str)], status: &str) -> (String, String) {
-    let mut h = vec![(":method", "GET"), (":path", "/predict"), (":authority", "recsys")];
+    let mut h = vec![
+        (":method", "GET"),
+        (":path", "/predict"),
+        (":authority", "recsys"),
+    ];
     h.extend_from_slice(headers);
     let s = host.http_stream().unwrap();
     s.request_headers(&h, true).expect_continue().unwrap();
@@ -60,13 +69,23 @@ fn start_logs_version_and_digest() {
     let host = host(&raw);
     let digest = format!("{:016x}", aviary::config::digest(raw.as_bytes()));
     let logs: Vec<String> = host.logs().iter().map(|l| l.message.clone()).collect();
-    assert!(logs.iter().any(|l| l.contains("aviary 0.1.0 starting")), "{logs:?}");
-    assert!(logs.iter().any(|l| l.contains(&digest) && l.contains("stable=9000bps")), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("aviary 0.1.0 starting")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(&digest) && l.contains("stable=9000bps")),
+        "{logs:?}"
+    );
     assert_eq!(
         host.gauge("aviary_config_digest.service.recsys"),
         Some((aviary::config::digest(raw.as_bytes()) & ((1 << 48) - 1)) as i64)
     );
-    assert_eq!(host.gauge("aviary_weight_bps.service.recsys.version.canary"), Some(1000));
+    assert_eq!(
+        host.gauge("aviary_weight_bps.service.recsys.version.canary"),
+        Some(1000)
+    );
 }
 
 #[test]
@@ -75,9 +94,17 @@ fn routes_stamps_and_counts_exactly() {
     let mut seen = std::collections::BTreeMap::<String, u64>::new();
     for i in 0..400 {
         let user = format!("user-{i}");
-        let (route, stamp) = request(&host, &[("x-user-id", &user)], if i % 10 == 0 { "503" } else { "200" });
+        let (route, stamp) = request(
+            &host,
+            &[("x-user-id", &user)],
+            if i % 10 == 0 { "503" } else { "200" },
+        );
         assert_eq!(route, stamp);
-        let expect = if aviary::hash::bucket(user.as_bytes(), 0) >= 9000 { "canary" } else { "stable" };
+        let expect = if aviary::hash::bucket(user.as_bytes(), 0) >= 9000 {
+            "canary"
+        } else {
+            "stable"
+        };
         assert_eq!(route, expect, "{user}");
         *seen.entry(route).or_default() += 1;
     }
@@ -88,24 +115,43 @@ fn routes_stamps_and_counts_exactly() {
             *n
         );
         let h = host
-            .histogram(&format!("aviary_request_duration_ms.service.recsys.version.{v}"))
+            .histogram(&format!(
+                "aviary_request_duration_ms.service.recsys.version.{v}"
+            ))
             .unwrap();
         assert_eq!(h.len() as u64, *n);
     }
-    assert_eq!(counter(&host, &resp_metric("stable", "5xx")) + counter(&host, &resp_metric("canary", "5xx")), 40);
+    assert_eq!(
+        counter(&host, &resp_metric("stable", "5xx"))
+            + counter(&host, &resp_metric("canary", "5xx")),
+        40
+    );
 }
 
 #[test]
 fn per_version_headers_are_set() {
     let host = host(&cfg((0, 10_000), ""));
     let s = host.http_stream().unwrap();
-    s.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "a"), ("x-model", "evil")], true)
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", "a"),
+            ("x-model", "evil"),
+        ],
+        true,
+    )
+    .expect_continue()
+    .unwrap();
+    assert_eq!(s.request_header("x-model").as_deref(), Some("v2"));
+    s.response_headers(&[(":status", "200")], true)
         .expect_continue()
         .unwrap();
-    assert_eq!(s.request_header("x-model").as_deref(), Some("v2"));
-    s.response_headers(&[(":status", "200")], true).expect_continue().unwrap();
     assert_eq!(s.response_header("x-canary-note").as_deref(), Some("yes"));
-    assert_eq!(s.response_header("x-aviary-served-by").as_deref(), Some("canary"));
+    assert_eq!(
+        s.response_header("x-aviary-served-by").as_deref(),
+        Some("canary")
+    );
     s.finish().unwrap();
 }
 
@@ -131,7 +177,14 @@ fn cookie_key_is_a_fallback_and_no_key_is_random() {
 fn client_routing_header_is_overwritten() {
     let host = host(&cfg((10_000, 0), ""));
     for i in 0..50 {
-        let (route, _) = request(&host, &[("x-user-id", &format!("u{i}")), ("x-aviary-version", "canary")], "200");
+        let (route, _) = request(
+            &host,
+            &[
+                ("x-user-id", &format!("u{i}")),
+                ("x-aviary-version", "canary"),
+            ],
+            "200",
+        );
         assert_eq!(route, "stable");
     }
 }
@@ -147,20 +200,64 @@ fn rules_take_precedence_in_order_and_shares_are_sticky() {
         {"name":"internal-half","match":[{"header":"x-internal","present":true}],"version":"canary","share":5000}]"#;
     let host = host(&cfg((10_000, 0), rules));
     assert_eq!(request(&host, &[("x-canary", "always")], "200").0, "canary");
-    assert_eq!(request(&host, &[("x-canary", "always"), ("x-region", "eu-west-1")], "200").0, "canary");
+    assert_eq!(
+        request(
+            &host,
+            &[("x-canary", "always"), ("x-region", "eu-west-1")],
+            "200"
+        )
+        .0,
+        "canary"
+    );
     let host2 = self::host(&cfg((0, 10_000), rules));
-    assert_eq!(request(&host2, &[("x-region", "eu-north-1")], "200").0, "stable");
-    assert_eq!(request(&host2, &[("x-region", "us-east-1")], "200").0, "canary");
+    assert_eq!(
+        request(&host2, &[("x-region", "eu-north-1")], "200").0,
+        "stable"
+    );
+    assert_eq!(
+        request(&host2, &[("x-region", "us-east-1")], "200").0,
+        "canary"
+    );
     let s = host.http_stream().unwrap();
-    s.request_headers(&[(":method", "GET"), (":path", "/beta/x?y=1"), (":authority", "a")], true).expect_continue().unwrap();
-    assert_eq!(s.request_header("x-aviary-version").as_deref(), Some("canary"));
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/beta/x?y=1"),
+            (":authority", "a"),
+        ],
+        true,
+    )
+    .expect_continue()
+    .unwrap();
+    assert_eq!(
+        s.request_header("x-aviary-version").as_deref(),
+        Some("canary")
+    );
     s.finish().unwrap();
     let s = host.http_stream().unwrap();
-    s.request_headers(&[(":method", "GET"), (":path", "/p?a=1&model=next"), (":authority", "a")], true).expect_continue().unwrap();
-    assert_eq!(s.request_header("x-aviary-version").as_deref(), Some("canary"));
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/p?a=1&model=next"),
+            (":authority", "a"),
+        ],
+        true,
+    )
+    .expect_continue()
+    .unwrap();
+    assert_eq!(
+        s.request_header("x-aviary-version").as_deref(),
+        Some("canary")
+    );
     s.finish().unwrap();
-    assert_eq!(request(&host, &[("cookie", "tier=gold-plus")], "200").0, "canary");
-    assert_eq!(request(&host, &[("cookie", "tier=silver")], "200").0, "stable");
+    assert_eq!(
+        request(&host, &[("cookie", "tier=gold-plus")], "200").0,
+        "canary"
+    );
+    assert_eq!(
+        request(&host, &[("cookie", "tier=silver")], "200").0,
+        "stable"
+    );
     // The 50% rule: a fixed, sticky half of internal users.
     let mut in_rule = 0;
     for i in 0..1000 {
@@ -172,7 +269,10 @@ fn rules_take_precedence_in_order_and_shares_are_sticky() {
             in_rule += 1;
         }
     }
-    assert!((437..=563).contains(&in_rule), "{in_rule} of 1000 (4 sigma)");
+    assert!(
+        (437..=563).contains(&in_rule),
+        "{in_rule} of 1000 (4 sigma)"
+    );
     assert!(counter(&host, &req_metric("canary", "rule")) >= 2 * in_rule);
 }
 
@@ -181,50 +281,107 @@ fn override_only_from_trusted_sources_and_never_forwarded() {
     let extra = r#""override":{"header":"x-aviary-force","trustedCidrs":["10.0.0.0/8"]}"#;
     let host = host(&cfg((10_000, 0), extra));
     let s = host.http_stream().unwrap();
-    s.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "a"), ("x-aviary-force", "canary")], true)
-        .expect_continue()
-        .unwrap();
-    assert_eq!(s.request_header("x-aviary-version").as_deref(), Some("canary"));
-    assert_eq!(s.request_header("x-aviary-force"), None, "removed before upstream");
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", "a"),
+            ("x-aviary-force", "canary"),
+        ],
+        true,
+    )
+    .expect_continue()
+    .unwrap();
+    assert_eq!(
+        s.request_header("x-aviary-version").as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        s.request_header("x-aviary-force"),
+        None,
+        "removed before upstream"
+    );
     s.finish().unwrap();
     assert_eq!(counter(&host, &req_metric("canary", "override")), 1);
 
     let s = host.http_stream().unwrap();
     s.set_property("source\0address", "192.168.1.1:4000");
-    s.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "a"), ("x-aviary-force", "canary")], true)
-        .expect_continue()
-        .unwrap();
-    assert_eq!(s.request_header("x-aviary-version").as_deref(), Some("stable"));
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", "a"),
+            ("x-aviary-force", "canary"),
+        ],
+        true,
+    )
+    .expect_continue()
+    .unwrap();
+    assert_eq!(
+        s.request_header("x-aviary-version").as_deref(),
+        Some("stable")
+    );
     assert_eq!(s.request_header("x-aviary-force"), None);
     s.finish().unwrap();
-    assert_eq!(counter(&host, "aviary_override_rejected_total.service.recsys"), 1);
+    assert_eq!(
+        counter(&host, "aviary_override_rejected_total.service.recsys"),
+        1
+    );
     // Unknown version from a trusted source: ignored too.
     request(&host, &[("x-aviary-force", "v9")], "200");
-    assert_eq!(counter(&host, "aviary_override_rejected_total.service.recsys"), 2);
+    assert_eq!(
+        counter(&host, "aviary_override_rejected_total.service.recsys"),
+        2
+    );
 }
 
 #[test]
 fn kill_switch_beats_rules_and_overrides() {
     let extra = r#""killSwitch":"stable","override":{"header":"x-aviary-force","trustedCidrs":["0.0.0.0/0"]},"rules":[{"name":"debug","match":[{"header":"x-canary","present":true}],"version":"canary"}]"#;
     let host = host(&cfg((0, 10_000), extra));
-    for h in [("x-canary", "1"), ("x-aviary-force", "canary"), ("x-user-id", "u1")] {
+    for h in [
+        ("x-canary", "1"),
+        ("x-aviary-force", "canary"),
+        ("x-user-id", "u1"),
+    ] {
         assert_eq!(request(&host, &[h], "200").0, "stable");
     }
     assert_eq!(counter(&host, &req_metric("stable", "kill_switch")), 3);
-    assert_eq!(host.gauge("aviary_weight_bps.service.recsys.version.stable"), Some(10_000));
-    assert_eq!(host.gauge("aviary_weight_bps.service.recsys.version.canary"), Some(0));
+    assert_eq!(
+        host.gauge("aviary_weight_bps.service.recsys.version.stable"),
+        Some(10_000)
+    );
+    assert_eq!(
+        host.gauge("aviary_weight_bps.service.recsys.version.canary"),
+        Some(0)
+    );
 }
 
 #[test]
 fn local_replies_and_resets_are_classified() {
     let host = host(&cfg((10_000, 0), ""));
     let s = host.http_stream().unwrap();
-    s.set_property("response\0code_details", "upstream_reset_before_response_started{connection_failure}");
-    s.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "a")], true).expect_continue().unwrap();
-    s.response_headers(&[(":status", "503")], true).expect_continue().unwrap();
+    s.set_property(
+        "response\0code_details",
+        "upstream_reset_before_response_started{connection_failure}",
+    );
+    s.request_headers(
+        &[(":method", "GET"), (":path", "/"), (":authority", "a")],
+        true,
+    )
+    .expect_continue()
+    .unwrap();
+    s.response_headers(&[(":status", "503")], true)
+        .expect_continue()
+        .unwrap();
     s.finish().unwrap();
     let s = host.http_stream().unwrap();
-    s.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "a")], true).expect_continue().unwrap();
+    s.request_headers(
+        &[(":method", "GET"), (":path", "/"), (":authority", "a")],
+        true,
+    )
+    .expect_continue()
+    .unwrap();
     s.finish().unwrap();
     request(&host, &[], "404");
     assert_eq!(counter(&host, &resp_metric("stable", "local")), 1);
@@ -237,8 +394,14 @@ fn local_replies_and_resets_are_classified() {
 fn bad_configs_are_rejected_naming_the_field_and_the_last_good_one_keeps_serving() {
     let host = host(&cfg((0, 10_000), ""));
     let bad = [
-        (r#"{"versions":[{"name":"stable","weight":9000},{"name":"canary","weight":12000}]}"#, "versions[1].weight"),
-        (r#"{"versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0}],"colour":"red"}"#, "colour"),
+        (
+            r#"{"versions":[{"name":"stable","weight":9000},{"name":"canary","weight":12000}]}"#,
+            "versions[1].weight",
+        ),
+        (
+            r#"{"versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0}],"colour":"red"}"#,
+            "colour",
+        ),
         ("not json", "not valid JSON"),
         ("", "no configuration given"),
     ];
@@ -246,11 +409,18 @@ fn bad_configs_are_rejected_naming_the_field_and_the_last_good_one_keeps_serving
         host.expect_matching(Category::ErrorLog, needle, 1);
         host.configure(raw).unwrap().expect_rejected().unwrap();
         host.expect_log_containing(LogLevel::Error, needle).unwrap();
-        assert_eq!(request(&host, &[("x-user-id", "u1")], "200").0, "canary", "old config serves");
+        assert_eq!(
+            request(&host, &[("x-user-id", "u1")], "200").0,
+            "canary",
+            "old config serves"
+        );
     }
     host.verify().unwrap();
     // A good config after the bad ones applies.
-    host.configure(cfg((10_000, 0), "")).unwrap().expect_ok().unwrap();
+    host.configure(cfg((10_000, 0), ""))
+        .unwrap()
+        .expect_ok()
+        .unwrap();
     assert_eq!(request(&host, &[("x-user-id", "u1")], "200").0, "stable");
 }
 
@@ -272,7 +442,10 @@ fn ramp_assignments(weights: &[u32], users: &[String]) -> Vec<Vec<String>> {
     weights
         .iter()
         .map(|w| {
-            host.configure(cfg((10_000 - w, *w), "")).unwrap().expect_ok().unwrap();
+            host.configure(cfg((10_000 - w, *w), ""))
+                .unwrap()
+                .expect_ok()
+                .unwrap();
             users
                 .iter()
                 .map(|u| request(&host, &[("x-user-id", u)], "200").0)

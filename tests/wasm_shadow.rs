@@ -56,9 +56,12 @@ fn start_request(host: &Host, req_body: Option<&str>) -> HttpStream {
 }
 
 fn respond_primary(s: &HttpStream, status: &str, body: &str) {
-    s.response_headers(&[(":status", status), ("content-type", "application/json")], false)
-        .expect_continue()
-        .unwrap();
+    s.response_headers(
+        &[(":status", status), ("content-type", "application/json")],
+        false,
+    )
+    .expect_continue()
+    .unwrap();
     // Two chunks: the plugin must reassemble the body without pausing the stream.
     let (a, b) = body.split_at(body.len() / 2);
     s.response_body(a, false).expect_continue().unwrap();
@@ -71,16 +74,25 @@ fn c(host: &Host, metric: &str, label: &str) -> u64 {
 }
 
 fn compared(host: &Host, result: &str) -> u64 {
-    c(host, "aviary_shadow_comparisons_total", &format!("result.{result}"))
+    c(
+        host,
+        "aviary_shadow_comparisons_total",
+        &format!("result.{result}"),
+    )
 }
 
 fn uncompared(host: &Host, reason: &str) -> u64 {
-    c(host, "aviary_shadow_uncompared_total", &format!("reason.{reason}"))
+    c(
+        host,
+        "aviary_shadow_uncompared_total",
+        &format!("reason.{reason}"),
+    )
 }
 
 fn dispatch(host: &Host) -> HttpCall {
     host.tick().unwrap();
-    host.last_call().expect("the root dispatched the copy on its tick")
+    host.last_call()
+        .expect("the root dispatched the copy on its tick")
 }
 
 #[test]
@@ -88,15 +100,30 @@ fn copy_is_dispatched_from_the_root_marked_and_complete() {
     let host = host(&config(""));
     assert_eq!(host.tick_period(), Some(Duration::from_millis(5)));
     let s = start_request(&host, Some(r#"{"x":[1,2]}"#));
-    assert!(host.http_calls().is_empty(), "streams never dispatch themselves");
+    assert!(
+        host.http_calls().is_empty(),
+        "streams never dispatch themselves"
+    );
     let call = dispatch(&host);
     assert_eq!(call.upstream, "shadow_v2");
-    assert_eq!(call.context_id, host.root_context_id(), "dispatched by the root context");
+    assert_eq!(
+        call.context_id,
+        host.root_context_id(),
+        "dispatched by the root context"
+    );
     assert_eq!(call.header(":authority"), Some("recsys-shadow"));
     assert_eq!(call.header("x-aviary-shadow"), Some("v2"));
     assert_eq!(call.header(":method"), Some("POST"));
-    assert_eq!(call.header("content-length"), None, "Envoy sets it from the body");
-    assert_eq!(call.header("x-aviary-version"), None, "the routing header is not copied");
+    assert_eq!(
+        call.header("content-length"),
+        None,
+        "Envoy sets it from the body"
+    );
+    assert_eq!(
+        call.header("x-aviary-version"),
+        None,
+        "the routing header is not copied"
+    );
     assert_eq!(call.header("x-user-id"), Some("u1"));
     assert_eq!(call.body, br#"{"x":[1,2]}"#);
     assert_eq!(call.timeout, Duration::from_millis(1000));
@@ -105,7 +132,10 @@ fn copy_is_dispatched_from_the_root_marked_and_complete() {
         Some(1)
     );
     // The user's request was never paused.
-    assert_eq!(s.request_header("x-aviary-version").as_deref(), Some("stable"));
+    assert_eq!(
+        s.request_header("x-aviary-version").as_deref(),
+        Some("stable")
+    );
     s.finish().unwrap();
 }
 
@@ -115,7 +145,8 @@ fn shadow_answers_before_the_primary() {
     let s = start_request(&host, None);
     let call = dispatch(&host);
     host.advance_clock(Duration::from_millis(30));
-    host.respond_to_call(call.token, 200, &[], body("cat", 0.9)).unwrap();
+    host.respond_to_call(call.token, 200, &[], body("cat", 0.9))
+        .unwrap();
     host.advance_clock(Duration::from_millis(20));
     respond_primary(&s, "200", &body("cat", 0.8));
     s.finish().unwrap();
@@ -142,8 +173,13 @@ fn shadow_answers_after_the_stream_has_ended() {
     assert!(s.is_deleted());
     assert_eq!(compared(&host, "agree") + compared(&host, "disagree"), 0);
     host.advance_clock(Duration::from_millis(400));
-    host.respond_to_call(call.token, 200, &[], body("dog", 0.3)).unwrap();
-    assert_eq!(compared(&host, "disagree"), 1, "the comparison survived the stream");
+    host.respond_to_call(call.token, 200, &[], body("dog", 0.3))
+        .unwrap();
+    assert_eq!(
+        compared(&host, "disagree"),
+        1,
+        "the comparison survived the stream"
+    );
     assert_eq!(
         host.histogram("aviary_shadow_latency_delta_ms.service.recsys.version.v2.direction.slower"),
         Some(vec![400])
@@ -171,7 +207,8 @@ fn timeouts_errors_and_unusable_bodies_are_counted_by_reason() {
     // 5xx from the shadow.
     let s = start_request(&host, None);
     let call = dispatch(&host);
-    host.respond_to_call(call.token, 503, &[], "overloaded").unwrap();
+    host.respond_to_call(call.token, 503, &[], "overloaded")
+        .unwrap();
     respond_primary(&s, "200", &body("cat", 0.8));
     s.finish().unwrap();
     assert_eq!(uncompared(&host, "shadow_error"), 1);
@@ -185,21 +222,24 @@ fn timeouts_errors_and_unusable_bodies_are_counted_by_reason() {
     // Non-JSON shadow body.
     let s = start_request(&host, None);
     let call = dispatch(&host);
-    host.respond_to_call(call.token, 200, &[], "<html>oops</html>").unwrap();
+    host.respond_to_call(call.token, 200, &[], "<html>oops</html>")
+        .unwrap();
     respond_primary(&s, "200", &body("cat", 0.8));
     s.finish().unwrap();
     assert_eq!(uncompared(&host, "non_json"), 1);
     // Missing field in the primary.
     let s = start_request(&host, None);
     let call = dispatch(&host);
-    host.respond_to_call(call.token, 200, &[], body("cat", 0.1)).unwrap();
+    host.respond_to_call(call.token, 200, &[], body("cat", 0.1))
+        .unwrap();
     respond_primary(&s, "200", r#"{"prediction":{"score":0.5}}"#);
     s.finish().unwrap();
     assert_eq!(uncompared(&host, "field_missing"), 1);
     // A primary 5xx cannot be compared.
     let s = start_request(&host, None);
     let call = dispatch(&host);
-    host.respond_to_call(call.token, 200, &[], body("cat", 0.1)).unwrap();
+    host.respond_to_call(call.token, 200, &[], body("cat", 0.1))
+        .unwrap();
     respond_primary(&s, "500", "{}");
     s.finish().unwrap();
     assert_eq!(uncompared(&host, "primary_error"), 1);
@@ -207,7 +247,8 @@ fn timeouts_errors_and_unusable_bodies_are_counted_by_reason() {
     let s = start_request(&host, None);
     let call = dispatch(&host);
     s.finish().unwrap();
-    host.respond_to_call(call.token, 200, &[], body("cat", 0.1)).unwrap();
+    host.respond_to_call(call.token, 200, &[], body("cat", 0.1))
+        .unwrap();
     assert_eq!(uncompared(&host, "primary_error"), 2);
     assert_eq!(compared(&host, "agree") + compared(&host, "disagree"), 0);
     assert!(host.pending_calls().is_empty());
@@ -230,7 +271,10 @@ fn bodies_over_the_limits_are_skipped_and_counted() {
     // Shadow response above compare.maxBodyBytes (80).
     let s = start_request(&host, None);
     let call = dispatch(&host);
-    let padded = format!(r#"{{"pad":"{}","prediction":{{"label":"cat","score":0.8}}}}"#, "y".repeat(100));
+    let padded = format!(
+        r#"{{"pad":"{}","prediction":{{"label":"cat","score":0.8}}}}"#,
+        "y".repeat(100)
+    );
     host.respond_to_call(call.token, 200, &[], padded).unwrap();
     respond_primary(&s, "200", &body("cat", 0.8));
     s.finish().unwrap();
@@ -249,13 +293,15 @@ fn capacity_bounds_in_flight_comparisons() {
         s.finish().unwrap();
     }
     for call in host.pending_calls() {
-        host.respond_to_call(call.token, 200, &[], body("cat", 0.7)).unwrap();
+        host.respond_to_call(call.token, 200, &[], body("cat", 0.7))
+            .unwrap();
     }
     assert_eq!(compared(&host, "agree"), 3);
     // Slots are free again.
     let s = start_request(&host, None);
     let call = dispatch(&host);
-    host.respond_to_call(call.token, 200, &[], body("dog", 0.7)).unwrap();
+    host.respond_to_call(call.token, 200, &[], body("dog", 0.7))
+        .unwrap();
     respond_primary(&s, "200", &body("cat", 0.8));
     s.finish().unwrap();
     assert_eq!(compared(&host, "disagree"), 1);
@@ -269,7 +315,10 @@ fn unknown_shadow_cluster_never_hurts_the_user() {
     let s = start_request(&host, None);
     host.tick().unwrap();
     respond_primary(&s, "200", &body("cat", 0.8));
-    assert_eq!(s.response_header("x-aviary-served-by").as_deref(), Some("stable"));
+    assert_eq!(
+        s.response_header("x-aviary-served-by").as_deref(),
+        Some("stable")
+    );
     s.finish().unwrap();
     assert_eq!(uncompared(&host, "dispatch_failed"), 1);
     assert!(host.http_calls().is_empty());
@@ -305,15 +354,20 @@ fn share_and_conditions_select_what_is_mirrored() {
 fn live_scores_fill_per_version_bins() {
     let host = host(&config("").replace(r#""share":10000"#, r#""share":0"#));
     let bin = |b: &str| {
-        host.counter(&format!("aviary_score_bin_total.service.recsys.version.stable.bin.{b}"))
-            .unwrap_or(0)
+        host.counter(&format!(
+            "aviary_score_bin_total.service.recsys.version.stable.bin.{b}"
+        ))
+        .unwrap_or(0)
     };
     for score in [0.1, 0.25, 0.3, 0.6, 0.9, 0.95, 1.0, 3.0] {
         let s = start_request(&host, None);
         respond_primary(&s, "200", &body("cat", score));
         s.finish().unwrap();
     }
-    assert_eq!((bin("0.25"), bin("0.5"), bin("0.75"), bin("1"), bin("+Inf")), (2, 1, 1, 3, 1));
+    assert_eq!(
+        (bin("0.25"), bin("0.5"), bin("0.75"), bin("1"), bin("+Inf")),
+        (2, 1, 1, 3, 1)
+    );
     let s = start_request(&host, None);
     respond_primary(&s, "200", "nope");
     s.finish().unwrap();
@@ -321,8 +375,10 @@ fn live_scores_fill_per_version_bins() {
     respond_primary(&s, "200", r#"{"prediction":{}}"#);
     s.finish().unwrap();
     let skipped = |r: &str| {
-        host.counter(&format!("aviary_score_skipped_total.service.recsys.version.stable.reason.{r}"))
-            .unwrap_or(0)
+        host.counter(&format!(
+            "aviary_score_skipped_total.service.recsys.version.stable.reason.{r}"
+        ))
+        .unwrap_or(0)
     };
     assert_eq!((skipped("non_json"), skipped("field_missing")), (1, 1));
     // Error responses are not scored.

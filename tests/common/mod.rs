@@ -14,7 +14,11 @@ pub fn root() -> PathBuf {
 
 pub fn wasm() -> PathBuf {
     let p = root().join("target/wasm32-wasip1/release/aviary.wasm");
-    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` first",
+        p.display()
+    );
     p
 }
 
@@ -33,9 +37,14 @@ pub fn template(file: &str, plugin_json: &str) -> String {
         .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
         .replace("port_value: 8083", "port_value: {{SHADOW_PORT}}")
         .replace("target/wasm32-wasip1/release/aviary.wasm", "{{WASM}}")
-        .replace("path: envoy/aviary-ecds-config.yaml", "path: {{WORK_DIR}}/ecds.yaml");
+        .replace(
+            "path: envoy/aviary-ecds-config.yaml",
+            "path: {{WORK_DIR}}/ecds.yaml",
+        );
     if let Some(start) = t.find("value: |\n") {
-        let end = t[start..].find("\n          - name: envoy.filters.http.router").map_or(t.len(), |e| start + e);
+        let end = t[start..]
+            .find("\n          - name: envoy.filters.http.router")
+            .map_or(t.len(), |e| start + e);
         let indent = " ".repeat(20);
         t.replace_range(start..end, &format!("value: |\n{indent}{plugin_json}"));
     }
@@ -45,13 +54,11 @@ pub fn template(file: &str, plugin_json: &str) -> String {
 /// The ECDS resource file for a plugin config, in the shipped format.
 pub fn ecds_resource(plugin_json: &str, wasm: &str) -> String {
     let shipped = envoy_file("aviary-ecds-config.yaml");
-    let start = shipped.find("value: |\n").expect("shipped ECDS file has a config value");
-    format!(
-        "{}value: |\n          {}\n",
-        &shipped[..start],
-        plugin_json
-    )
-    .replace("target/wasm32-wasip1/release/aviary.wasm", wasm)
+    let start = shipped
+        .find("value: |\n")
+        .expect("shipped ECDS file has a config value");
+    format!("{}value: |\n          {}\n", &shipped[..start], plugin_json)
+        .replace("target/wasm32-wasip1/release/aviary.wasm", wasm)
 }
 
 pub struct Rig {
@@ -68,7 +75,12 @@ pub fn model(version: &str, tweak: impl FnOnce(&mut ModelServerConfig)) -> Model
 }
 
 pub fn start(file: &str, plugin_json: &str) -> Rig {
-    start_with(file, plugin_json, model("stable", |_| {}), model("canary", |_| {}))
+    start_with(
+        file,
+        plugin_json,
+        model("stable", |_| {}),
+        model("canary", |_| {}),
+    )
 }
 
 pub fn start_with(file: &str, plugin_json: &str, stable: ModelServer, canary: ModelServer) -> Rig {
@@ -78,7 +90,10 @@ pub fn start_with(file: &str, plugin_json: &str, stable: ModelServer, canary: Mo
         .var("CANARY_PORT", canary.port())
         .path_var("WASM", &wasm);
     if file.contains("ecds") {
-        b = b.file("ecds.yaml", ecds_resource(plugin_json, &wasm.to_string_lossy()));
+        b = b.file(
+            "ecds.yaml",
+            ecds_resource(plugin_json, &wasm.to_string_lossy()),
+        );
     }
     let envoy = b.start().expect("envoy starts");
     let port = envoy.listener_port("ingress").expect("listener port");
@@ -106,7 +121,10 @@ pub fn sum(samples: &BTreeMap<String, f64>, name: &str, want: &[(&str, &str)]) -
     samples
         .iter()
         .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
-        .filter(|(k, _)| want.iter().all(|(l, v)| k.contains(&format!("{l}=\"{v}\""))))
+        .filter(|(k, _)| {
+            want.iter()
+                .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
+        })
         .map(|(_, v)| v)
         .sum()
 }
