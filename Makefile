@@ -66,3 +66,29 @@ demo: build envoy
 
 clean:
 	$(CARGO) clean
+
+# The benchmark runner is native code driving Envoy, wrk and wasmtime. The workspace's release
+# profile (fat LTO, one codegen unit, opt-level z) is tuned for the .wasm and would spend many
+# minutes linking wasmtime, so the runner overrides it; the .wasm modules keep it.
+BENCH_CARGO := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_STRIP=false $(CARGO)
+NOOP_WASM := target/$(WASM_TARGET)/release/aviary_noop.wasm
+
+# The no-op baseline filter, built and optimised exactly like aviary.wasm.
+define build_noop
+	$(CARGO) build --release --target $(WASM_TARGET) -p aviary-noop
+	@if [ -x $(WASM_OPT) ]; then \
+	  $(WASM_OPT) -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
+	    --enable-nontrapping-float-to-int --enable-mutable-globals --enable-multivalue \
+	    --enable-reference-types $(NOOP_WASM) -o $(NOOP_WASM).opt && mv $(NOOP_WASM).opt $(NOOP_WASM); fi
+endef
+
+## bench: Aviary against native Envoy and a no-op wasm filter (about 5 minutes); writes BENCHMARKS.md
+bench: build envoy system-deps
+	$(build_noop)
+	$(BENCH_CARGO) run --release -p aviary-bench -- --out BENCHMARKS.md
+
+## bench-quick: every benchmark once, briefly; checks for errors, not speed
+bench-quick: build envoy system-deps
+	$(build_noop)
+	$(BENCH_CARGO) run --release -p aviary-bench -- --quick --out target/BENCHMARKS-quick.md

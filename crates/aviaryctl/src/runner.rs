@@ -1,1 +1,1135 @@
-//! (being written)
+//! The I/O loop around the pure decision step.
+//!
+//! Every tick (20 ms by default) the runner drains operator commands, takes any metrics read
+//! the background reader finished (one every `poll_interval`), feeds each input to
+//! [`step`](crate::step::step) and carries out the returned actions in order: config writes
+//! go to every sink before anything else happens, the state is persisted whenever the step
+//! asks, notifications and confirmation requests run on background threads so a slow webhook
+//! never delays a rollback. After each write a watcher polls the proxies' admin endpoints
+//! until they report the new config digest, and the runner records the latencies (evaluation
+//! to durable write, write to applied) in the event log next to the state file.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use aviary::config::PluginConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::clock::{system_now_ms, Clock};
+use crate::error::Error;
+use crate::gates::Verdict;
+use crate::observe::Snapshot;
+use crate::report;
+use crate::sink::{sinks_for, ConfigSink, WriteReceipt};
+use crate::source::{source_for, ApplyProbe, EnvoyAdminSource, MetricsSource};
+use crate::spec::{Event, RolloutSpec};
+use crate::state::{CommandAck, QueuedCommand, StateLock, StateStore};
+use crate::step::{
+    pct, step, Action, Command, ConfigWrite, Decision, Input, Notification, Observation, Outcome,
+    Phase, RolloutState,
+};
+use crate::webhook::{
+    Approval, Approver, BackgroundNotifier, FanoutNotifier, Notifier, WebhookNotifier,
+};
+
+/// Backoff bounds of write and persist retries.
+const RETRY_MIN_MS: u64 = 50;
+const RETRY_MAX_MS: u64 = 2_000;
+
+/// How the runner reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    /// One JSON object per line on stdout (for log collectors).
+    Json,
+    /// Readable lines plus a live progress line (for a terminal).
+    Human,
+    /// Nothing on stdout.
+    Quiet,
+}
+
+impl LogMode {
+    /// `Human` when stdout is a terminal, else `Json`.
+    pub fn detect() -> LogMode {
+        if std::io::stdout().is_terminal() {
+            LogMode::Human
+        } else {
+            LogMode::Json
+        }
+    }
+}
+
+/// Runner tuning.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Longest time between two reads of the command queue. Bounds how long an `abort` waits.
+    pub tick: Duration,
+    /// Read metrics on the runner's own thread, paced by its clock, instead of a background
+    /// thread paced by real time. For deterministic runs with a simulated clock.
+    pub inline_source: bool,
+    /// How long the watcher waits for the proxies to report a write as applied.
+    pub apply_timeout: Duration,
+    pub log: LogMode,
+    /// Where reports go when the rollout ends; `None` uses the spec's `reportDir` (or none).
+    pub report_dir: Option<PathBuf>,
+    /// Longest wait for queued notifications when the rollout ends.
+    pub notify_flush: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            tick: Duration::from_millis(20),
+            inline_source: false,
+            apply_timeout: Duration::from_secs(5),
+            log: LogMode::detect(),
+            report_dir: None,
+            notify_flush: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The edges a runner drives.
+pub struct Components {
+    pub source: Box<dyn MetricsSource + Send>,
+    pub sinks: Vec<Box<dyn ConfigSink + Send>>,
+    /// Receives every notification (filtering by event is the notifier's business).
+    pub notifier: Option<Box<dyn Notifier>>,
+    /// Asked on confirmation gates; all that answer for the event must approve.
+    pub approvers: Vec<Arc<dyn Approver>>,
+    /// Confirms that proxies applied a write.
+    pub probe: Option<Box<dyn ApplyProbe + Send>>,
+}
+
+impl Components {
+    /// The source, sinks, webhooks and apply probe a spec declares.
+    pub fn from_spec(spec: &RolloutSpec) -> Result<Components, Error> {
+        let hooks: Vec<WebhookNotifier> = spec
+            .spec
+            .webhooks
+            .iter()
+            .map(WebhookNotifier::from_spec)
+            .collect();
+        let approvers: Vec<Arc<dyn Approver>> = hooks
+            .iter()
+            .filter(|h| {
+                h.listens(Event::ConfirmPromotion) || h.listens(Event::ConfirmTrafficIncrease)
+            })
+            .map(|h| Arc::new(h.clone()) as Arc<dyn Approver>)
+            .collect();
+        let notifier: Option<Box<dyn Notifier>> = if hooks.is_empty() {
+            None
+        } else {
+            let all: Vec<Box<dyn Notifier>> = hooks
+                .into_iter()
+                .map(|h| Box::new(h) as Box<dyn Notifier>)
+                .collect();
+            Some(Box::new(FanoutNotifier(all)))
+        };
+        let m = &spec.spec.metrics;
+        let probe: Option<Box<dyn ApplyProbe + Send>> = if m.envoy_admin.is_empty() {
+            None
+        } else {
+            Some(Box::new(EnvoyAdminSource::with_timeout(
+                m.envoy_admin.iter().cloned(),
+                m.timeout
+                    .as_std()
+                    .clamp(Duration::from_millis(50), Duration::from_millis(500)),
+            )))
+        };
+        Ok(Components {
+            source: source_for(spec)?,
+            sinks: sinks_for(spec)?,
+            notifier,
+            approvers,
+            probe,
+        })
+    }
+}
+
+/// What caused an input, for latency accounting.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Start,
+    Observation(Instant),
+    Command(Instant),
+    Confirmation(Instant),
+    Retry,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Observation(_) => "observation",
+            Trigger::Command(_) => "command",
+            Trigger::Confirmation(_) => "confirmation",
+            Trigger::Retry => "retry",
+        }
+    }
+
+    fn at(self) -> Option<Instant> {
+        match self {
+            Trigger::Observation(t) | Trigger::Command(t) | Trigger::Confirmation(t) => Some(t),
+            Trigger::Start | Trigger::Retry => None,
+        }
+    }
+}
+
+/// One config write as recorded in the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteRecord {
+    /// Sequence number within this runner process.
+    pub seq: u64,
+    pub at_ms: u64,
+    /// What caused it: `start`, `observation`, `command`, `confirmation` or `retry`.
+    pub trigger: String,
+    pub reason: String,
+    pub canary_bps: u32,
+    pub rollback: bool,
+    /// Time in the decision step, microseconds.
+    pub decide_us: u64,
+    /// Time writing all sinks durably, microseconds.
+    pub write_us: u64,
+    /// From the trigger (metrics read returned, command read) to the last sink write done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_to_write_us: Option<u64>,
+    /// Low 48 bits of the written config's digest, when a sink knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest48: Option<u64>,
+    pub receipts: Vec<WriteReceipt>,
+    /// Sink errors; a failed write is retried every tick.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// The proxies' confirmation of a write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyRecord {
+    /// The [`WriteRecord::seq`] confirmed.
+    pub seq: u64,
+    pub at_ms: u64,
+    /// Whether every proxy reported the config.
+    pub applied: bool,
+    /// From the write completing to the last proxy reporting it, milliseconds.
+    pub apply_ms: f64,
+    /// From the trigger to the last proxy reporting it, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_to_apply_ms: Option<f64>,
+    pub detail: String,
+}
+
+/// Lines of the event log (`<stem>.events.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum RunnerEvent {
+    Write(WriteRecord),
+    Applied(ApplyRecord),
+    Command(CommandAck),
+}
+
+/// What the proxies must report for a write to count as applied.
+#[derive(Debug, Clone)]
+enum Expect {
+    Digest(u64),
+    Weights(BTreeMap<String, u64>),
+}
+
+struct ApplyJob {
+    seq: u64,
+    expect: Expect,
+    written: Instant,
+    trigger: Option<Instant>,
+}
+
+/// The per-input result the command acks need.
+#[derive(Default)]
+struct Handled {
+    rejected: Option<String>,
+    write_us: Option<u64>,
+}
+
+/// Drives one rollout until it ends.
+pub struct Runner {
+    spec: RolloutSpec,
+    store: StateStore,
+    _lock: StateLock,
+    state: RolloutState,
+    clock: Arc<dyn Clock>,
+    opts: RunnerOptions,
+    sinks: Vec<Box<dyn ConfigSink + Send>>,
+    notifier: Option<BackgroundNotifier>,
+    approvers: Vec<Arc<dyn Approver>>,
+    pump: Pump,
+    confirm_tx: Sender<(Input, Instant)>,
+    confirm_rx: Receiver<(Input, Instant)>,
+    apply_tx: Option<Sender<ApplyJob>>,
+    apply_rx: Option<Receiver<ApplyRecord>>,
+    pending_applies: usize,
+    write_seq: u64,
+    /// A write or persist failed; retried every tick until it succeeds.
+    write_pending: bool,
+    persist_pending: bool,
+    next_retry_ms: u64,
+    retry_backoff_ms: u64,
+    outcome: Option<Outcome>,
+    stop: Arc<AtomicBool>,
+    last_progress: Option<Instant>,
+    progress_shown: bool,
+}
+
+enum Pump {
+    Inline {
+        source: Box<dyn MetricsSource + Send>,
+        next_due_ms: u64,
+    },
+    Background {
+        rx: Receiver<(Result<Snapshot, String>, Instant)>,
+        stop: Arc<AtomicBool>,
+        handle: Option<JoinHandle<()>>,
+    },
+}
+
+impl Runner {
+    /// Takes the rollout lock, loads (or creates) the state and starts the background
+    /// threads. Fails if another driver holds the lock or the state belongs to another rollout.
+    pub fn new(
+        spec: RolloutSpec,
+        store: StateStore,
+        components: Components,
+        clock: Arc<dyn Clock>,
+        opts: RunnerOptions,
+    ) -> Result<Runner, Error> {
+        let lock = store.lock()?;
+        let now = clock.now_ms();
+        let state = match store.load::<RolloutState>()? {
+            Some(s) if s.name != spec.metadata.name => {
+                return Err(Error::State {
+                    path: store.state_path().display().to_string(),
+                    message: format!(
+                        "holds rollout {:?}, not {:?}; use another --state-dir",
+                        s.name, spec.metadata.name
+                    ),
+                })
+            }
+            Some(s) => s,
+            None => {
+                let s = RolloutState::new(&spec, now);
+                store.save(&s)?;
+                s
+            }
+        };
+        store.save_spec(&spec)?;
+        let service = spec.service().to_string();
+        let poll = Duration::from_millis(spec.poll_interval_ms());
+        let pump = if opts.inline_source {
+            Pump::Inline {
+                source: components.source,
+                next_due_ms: 0,
+            }
+        } else {
+            spawn_pump(components.source, service.clone(), poll)
+        };
+        let (apply_tx, apply_rx) = match components.probe {
+            Some(probe) => {
+                let (tx, rx) = spawn_watcher(probe, service, opts.apply_timeout);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let log_mode = opts.log;
+        let notifier = components.notifier.map(|n| {
+            BackgroundNotifier::spawn(n, 256, move |ev: &Notification, err: &Error| {
+                emit(
+                    log_mode,
+                    "warn",
+                    "webhook_failed",
+                    &format!("{} webhook failed: {err}", ev.event),
+                    json!({"webhookEvent": ev.event, "error": err.to_string()}),
+                );
+            })
+        });
+        let (confirm_tx, confirm_rx) = mpsc::channel();
+        Ok(Runner {
+            spec,
+            store,
+            _lock: lock,
+            state,
+            clock,
+            opts,
+            sinks: components.sinks,
+            notifier,
+            approvers: components.approvers,
+            pump,
+            confirm_tx,
+            confirm_rx,
+            apply_tx,
+            apply_rx,
+            pending_applies: 0,
+            write_seq: 0,
+            write_pending: false,
+            persist_pending: false,
+            next_retry_ms: 0,
+            retry_backoff_ms: 0,
+            outcome: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            last_progress: None,
+            progress_shown: false,
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &RolloutState {
+        &self.state
+    }
+
+    /// A flag that makes [`run`](Self::run) return (without an outcome) at the next tick.
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Runs the rollout until it ends (or the stop flag is set) and writes the reports.
+    /// Returns the outcome, `None` when stopped.
+    pub fn run(mut self) -> Result<Option<Outcome>, Error> {
+        self.start()?;
+        // A rollout that ended with its final write failing keeps retrying: a rollback that
+        // never reached the proxies is not a rollback.
+        while (self.outcome.is_none() || self.write_pending) && !self.stop.load(Ordering::SeqCst) {
+            self.tick()?;
+        }
+        self.finish()
+    }
+
+    /// Feeds the start (or restart) input.
+    pub fn start(&mut self) -> Result<(), Error> {
+        self.log(
+            "info",
+            "runner_start",
+            &format!(
+                "rollout {} ({} → {}), state {}",
+                self.spec.metadata.name,
+                self.spec.spec.baseline,
+                self.spec.spec.canary,
+                self.store.state_path().display()
+            ),
+            json!({
+                "rollout": self.spec.metadata.name,
+                "stage": self.state.stage_label(),
+                "pid": std::process::id(),
+                "sinks": self.sinks.iter().map(|s| s.describe()).collect::<Vec<_>>(),
+            }),
+        );
+        self.handle(Input::Start, Trigger::Start).map(|_| ())
+    }
+
+    /// One iteration: commands, retries, confirmations, apply confirmations, metrics.
+    pub fn tick(&mut self) -> Result<(), Error> {
+        self.drain_commands()?;
+        self.retry_pending();
+        if self.outcome.is_some() {
+            if self.write_pending {
+                self.clock.sleep(self.opts.tick);
+            }
+            return Ok(());
+        }
+        while let Ok((input, at)) = self.confirm_rx.try_recv() {
+            self.handle(input, Trigger::Confirmation(at))?;
+            if self.outcome.is_some() {
+                return Ok(());
+            }
+        }
+        self.drain_applies();
+        let poll_ms = self.spec.poll_interval_ms();
+        let now = self.clock.now_ms();
+        let service = self.spec.service().to_string();
+        let observed = match &mut self.pump {
+            Pump::Inline {
+                source,
+                next_due_ms,
+            } => {
+                if now >= *next_due_ms {
+                    *next_due_ms = now + poll_ms;
+                    let r = source.snapshot(&service).map_err(|e| e.to_string());
+                    Some((r, Instant::now()))
+                } else {
+                    self.clock.sleep(self.opts.tick);
+                    None
+                }
+            }
+            Pump::Background { rx, .. } => match rx.recv_timeout(self.opts.tick) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Invalid("the metrics reader thread stopped".into()))
+                }
+            },
+        };
+        if let Some((result, at)) = observed {
+            let input = match result {
+                Ok(s) => Observation::of(s),
+                Err(e) => {
+                    self.log(
+                        "warn",
+                        "source_error",
+                        &format!("metrics read failed: {e}"),
+                        json!({"error": e}),
+                    );
+                    Observation::failed(e)
+                }
+            };
+            self.handle(input, Trigger::Observation(at))?;
+        }
+        self.progress();
+        Ok(())
+    }
+
+    /// Applies one command (used by the CLI when no driver is running) and returns its ack.
+    pub fn apply_command(&mut self, q: &QueuedCommand) -> Result<CommandAck, Error> {
+        self.command(q)
+    }
+
+    /// Stops the background threads, waits (bounded) for notifications and the last apply
+    /// confirmation, and writes the reports. Returns the outcome.
+    pub fn finish(mut self) -> Result<Option<Outcome>, Error> {
+        self.clear_progress();
+        if self.write_pending {
+            self.log(
+                "error",
+                "write_pending",
+                "exiting with the last config write not applied; run again to retry it",
+                json!({}),
+            );
+        }
+        let deadline = Instant::now() + self.opts.apply_timeout.min(Duration::from_secs(2));
+        while self.pending_applies > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+            self.drain_applies();
+        }
+        if let Some(n) = &self.notifier {
+            if !n.flush(self.opts.notify_flush) {
+                self.log(
+                    "warn",
+                    "webhook_flush",
+                    "notifications still queued at exit",
+                    json!({}),
+                );
+            }
+        }
+        if let Pump::Background { stop, handle, .. } = &mut self.pump {
+            stop.store(true, Ordering::SeqCst);
+            if let Some(h) = handle.take() {
+                let _ = h.join();
+            }
+        }
+        if let Some(outcome) = self.outcome {
+            let dir = self
+                .opts
+                .report_dir
+                .clone()
+                .or_else(|| self.spec.spec.report_dir.as_ref().map(PathBuf::from));
+            if let Some(dir) = dir {
+                let paths = report::write_reports(&self.spec, &self.state, &dir)?;
+                self.log(
+                    "info",
+                    "report",
+                    &format!("reports written to {}", dir.display()),
+                    json!({"paths": paths}),
+                );
+            }
+            self.log(
+                "info",
+                "runner_done",
+                &format!("rollout {} ended: {outcome:?}", self.spec.metadata.name),
+                json!({"outcome": outcome}),
+            );
+        }
+        Ok(self.outcome)
+    }
+
+    fn drain_commands(&mut self) -> Result<(), Error> {
+        for item in self.store.drain_commands()? {
+            match item {
+                Ok(q) => {
+                    self.command(&q)?;
+                }
+                Err(msg) => self.log("warn", "bad_command", &msg, json!({"error": msg})),
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, q: &QueuedCommand) -> Result<CommandAck, Error> {
+        let received = Instant::now();
+        let received_ms = system_now_ms();
+        self.log(
+            "info",
+            "command",
+            &format!("command {}", command_name(&q.command)),
+            json!({"id": q.id, "command": q.command}),
+        );
+        let before = self.state.decisions.len();
+        let h = self.handle(
+            Input::Command(q.command.clone()),
+            Trigger::Command(received),
+        )?;
+        let message = h.rejected.clone().unwrap_or_else(|| {
+            self.state.decisions[before.min(self.state.decisions.len())..]
+                .last()
+                .map(|d| d.reason.clone())
+                .unwrap_or_default()
+        });
+        let ack = CommandAck {
+            id: q.id.clone(),
+            received_at_ms: received_ms,
+            done_at_ms: system_now_ms(),
+            accepted: h.rejected.is_none(),
+            message,
+            phase: Some(self.state.stage_label()),
+            write_us: h.write_us,
+        };
+        if let Err(e) = self.store.ack(&ack) {
+            self.log(
+                "error",
+                "ack_failed",
+                &e.to_string(),
+                json!({"error": e.to_string()}),
+            );
+        }
+        self.record(&RunnerEvent::Command(ack.clone()));
+        Ok(ack)
+    }
+
+    /// Feeds one input to the step and carries out its actions in order.
+    fn handle(&mut self, input: Input, trigger: Trigger) -> Result<Handled, Error> {
+        let now = self.clock.now_ms();
+        let t0 = Instant::now();
+        let before = self.state.decisions.len();
+        let (state, actions) = step(&self.spec, self.state.clone(), &input, now);
+        let decide_us = micros(t0.elapsed());
+        self.state = state;
+        let mut handled = Handled::default();
+        let mut persist_failed = false;
+        for action in actions {
+            match action {
+                Action::WriteConfig(w) => {
+                    if persist_failed && !w.rollback {
+                        // Never raise traffic that the state cannot record: the retry
+                        // writes it once the state is saved.
+                        self.write_pending = true;
+                        continue;
+                    }
+                    let rec = self.write(
+                        &w.config,
+                        &w.reason,
+                        w.canary_bps,
+                        w.rollback,
+                        decide_us,
+                        trigger,
+                    );
+                    handled.write_us = Some(rec.write_us);
+                }
+                Action::Persist => {
+                    if let Err(e) = self.store.save(&self.state) {
+                        persist_failed = true;
+                        self.persist_pending = true;
+                        self.log(
+                            "error",
+                            "persist_failed",
+                            &e.to_string(),
+                            json!({"error": e.to_string()}),
+                        );
+                    } else {
+                        self.persist_pending = false;
+                    }
+                }
+                Action::Notify(n) => {
+                    self.log(
+                        "info",
+                        "notify",
+                        &format!("notify {}", n.event),
+                        json!({"webhookEvent": n.event}),
+                    );
+                    if let Some(bg) = &self.notifier {
+                        bg.send(n);
+                    }
+                }
+                Action::AskConfirmation(n) => self.ask(n),
+                Action::Done(o) => self.outcome = Some(o),
+                Action::Rejected { reason } => {
+                    self.log("warn", "rejected", &reason, json!({"reason": reason}));
+                    handled.rejected = Some(reason);
+                }
+            }
+        }
+        let new: Vec<Decision> =
+            self.state.decisions[before.min(self.state.decisions.len())..].to_vec();
+        for d in &new {
+            self.log_decision(d);
+        }
+        Ok(handled)
+    }
+
+    fn write(
+        &mut self,
+        config: &PluginConfig,
+        reason: &str,
+        canary_bps: u32,
+        rollback: bool,
+        decide_us: u64,
+        trigger: Trigger,
+    ) -> WriteRecord {
+        let w0 = Instant::now();
+        let mut receipts = Vec::new();
+        let mut errors = Vec::new();
+        for sink in &self.sinks {
+            match sink.write(config) {
+                Ok(r) => receipts.push(r),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let done = Instant::now();
+        self.write_seq += 1;
+        let digest48 = receipts.iter().find_map(WriteReceipt::digest48);
+        let rec = WriteRecord {
+            seq: self.write_seq,
+            at_ms: system_now_ms(),
+            trigger: trigger.name().into(),
+            reason: reason.to_string(),
+            canary_bps,
+            rollback,
+            decide_us,
+            write_us: micros(done - w0),
+            trigger_to_write_us: trigger
+                .at()
+                .map(|t| micros(done.saturating_duration_since(t))),
+            digest48,
+            receipts,
+            errors,
+        };
+        self.write_pending = !rec.errors.is_empty();
+        let level = if rec.errors.is_empty() {
+            "info"
+        } else {
+            "error"
+        };
+        self.log(
+            level,
+            "write",
+            &format!(
+                "wrote canary {}{} in {:.2} ms{}",
+                pct(canary_bps),
+                if rollback {
+                    " (kill switch → baseline)"
+                } else {
+                    ""
+                },
+                rec.write_us as f64 / 1e3,
+                if rec.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; FAILED: {}", rec.errors.join("; "))
+                }
+            ),
+            serde_json::to_value(&rec).unwrap_or(Value::Null),
+        );
+        self.record(&RunnerEvent::Write(rec.clone()));
+        if rec.errors.is_empty() {
+            if let Some(tx) = &self.apply_tx {
+                let expect = match digest48 {
+                    Some(d) => Expect::Digest(d),
+                    None => Expect::Weights(weights_of(config)),
+                };
+                let job = ApplyJob {
+                    seq: rec.seq,
+                    expect,
+                    written: done,
+                    trigger: trigger.at(),
+                };
+                if tx.send(job).is_ok() {
+                    self.pending_applies += 1;
+                }
+            }
+        }
+        rec
+    }
+
+    fn retry_pending(&mut self) {
+        if !self.persist_pending && !self.write_pending {
+            self.retry_backoff_ms = 0;
+            return;
+        }
+        let now = self.clock.now_ms();
+        if now < self.next_retry_ms {
+            return;
+        }
+        self.retry_backoff_ms = (self.retry_backoff_ms * 2).clamp(RETRY_MIN_MS, RETRY_MAX_MS);
+        self.next_retry_ms = now + self.retry_backoff_ms;
+        if self.persist_pending {
+            match self.store.save(&self.state) {
+                Ok(()) => self.persist_pending = false,
+                Err(_) => return,
+            }
+        }
+        if self.write_pending {
+            let config = self.state.desired_config(&self.spec);
+            let rollback = config.kill_switch.is_some();
+            let bps = if rollback { 0 } else { self.state.canary_bps };
+            self.write(
+                &config,
+                "retrying a failed write",
+                bps,
+                rollback,
+                0,
+                Trigger::Retry,
+            );
+        }
+    }
+
+    fn ask(&mut self, n: Notification) {
+        let approvers: Vec<Arc<dyn Approver>> = self
+            .approvers
+            .iter()
+            .filter(|a| a.answers(n.event))
+            .cloned()
+            .collect();
+        self.log(
+            "info",
+            "confirm",
+            &format!("asking {} webhook(s): {}", approvers.len(), n.event),
+            json!({"webhookEvent": n.event, "approvers": approvers.len()}),
+        );
+        let tx = self.confirm_tx.clone();
+        thread::spawn(move || {
+            let mut approved = !approvers.is_empty();
+            let mut details = Vec::new();
+            for a in &approvers {
+                match a.confirm(&n) {
+                    Ok(Approval::Approved) => {}
+                    Ok(Approval::Rejected { reason }) => {
+                        approved = false;
+                        details.push(format!("rejected: {reason}"));
+                    }
+                    Ok(Approval::Pending) => {
+                        approved = false;
+                        details.push("no decision yet".into());
+                    }
+                    Err(e) => {
+                        approved = false;
+                        details.push(e.to_string());
+                    }
+                }
+            }
+            if approvers.is_empty() {
+                details.push("no webhook answers this event".into());
+            }
+            let detail = (!details.is_empty()).then(|| details.join("; "));
+            let _ = tx.send((Input::Confirmation { approved, detail }, Instant::now()));
+        });
+    }
+
+    fn drain_applies(&mut self) {
+        let mut records = Vec::new();
+        if let Some(rx) = &self.apply_rx {
+            while let Ok(r) = rx.try_recv() {
+                records.push(r);
+            }
+        }
+        for r in records {
+            self.pending_applies = self.pending_applies.saturating_sub(1);
+            let level = if r.applied { "info" } else { "warn" };
+            let msg = if r.applied {
+                format!("proxies applied write #{} in {:.1} ms", r.seq, r.apply_ms)
+            } else {
+                format!("write #{} not confirmed: {}", r.seq, r.detail)
+            };
+            self.log(
+                level,
+                "applied",
+                &msg,
+                serde_json::to_value(&r).unwrap_or(Value::Null),
+            );
+            self.record(&RunnerEvent::Applied(r));
+        }
+    }
+
+    fn record(&self, event: &RunnerEvent) {
+        if let Err(e) = self.store.append_event(event) {
+            self.log(
+                "error",
+                "event_log",
+                &e.to_string(),
+                json!({"error": e.to_string()}),
+            );
+        }
+    }
+
+    fn log_decision(&mut self, d: &Decision) {
+        let gates: Vec<Value> = d
+            .gates
+            .iter()
+            .map(|g| json!({"gate": g.gate, "verdict": g.verdict, "reason": g.reason}))
+            .collect();
+        self.log(
+            "info",
+            "decision",
+            &format!("{:<14} {:?}: {}", d.stage, d.kind, d.reason),
+            json!({
+                "kind": d.kind,
+                "stage": d.stage,
+                "canaryBps": d.canary_bps,
+                "reason": d.reason,
+                "failedChecks": d.failed_checks,
+                "gates": gates,
+            }),
+        );
+    }
+
+    fn log(&self, level: &str, event: &str, msg: &str, fields: Value) {
+        if self.progress_shown && self.opts.log == LogMode::Human {
+            print!("\r\x1b[2K");
+        }
+        emit(self.opts.log, level, event, msg, fields);
+    }
+
+    fn clear_progress(&mut self) {
+        if self.progress_shown {
+            print!("\r\x1b[2K");
+            let _ = std::io::stdout().flush();
+            self.progress_shown = false;
+        }
+    }
+
+    /// Redraws the live progress line (terminal only), at most 4 times a second.
+    fn progress(&mut self) {
+        if self.opts.log != LogMode::Human {
+            return;
+        }
+        if self
+            .last_progress
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        let s = &self.state;
+        let now = self.clock.now_ms();
+        let interval = self.spec.interval_ms().max(1);
+        let baked = now.saturating_sub(s.window_started_ms).min(interval);
+        let frac = baked as f64 / interval as f64;
+        let filled = (frac * 20.0).round() as usize;
+        let bar: String = "#".repeat(filled) + &"-".repeat(20 - filled.min(20));
+        let step_info = match s.phase {
+            Phase::Canary { step } => format!("step {}/{}", step + 1, s.schedule.len()),
+            _ => s.stage_label(),
+        };
+        let gates = s
+            .decisions
+            .iter()
+            .rev()
+            .find(|d| !d.gates.is_empty())
+            .map(|d| {
+                d.gates
+                    .iter()
+                    .map(|g| {
+                        let mark = match g.verdict {
+                            Verdict::Pass => "ok",
+                            Verdict::Fail => "FAIL",
+                            Verdict::Inconclusive => "?",
+                        };
+                        format!("{} {mark}", g.gate)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let line = format!(
+            "{step_info} · canary {}{} · bake [{bar}] {:>3.0}% · checks {}/{} · {gates}",
+            pct(s.canary_bps),
+            if s.paused { " [paused]" } else { "" },
+            frac * 100.0,
+            s.failed_checks,
+            self.spec.spec.analysis.threshold,
+        );
+        let width = 160;
+        let line: String = line.chars().take(width).collect();
+        print!("\r\x1b[2K{line}");
+        let _ = std::io::stdout().flush();
+        self.progress_shown = true;
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Pause => "pause",
+        Command::Resume => "resume",
+        Command::Promote { to_full: false } => "promote",
+        Command::Promote { to_full: true } => "promote --full",
+        Command::Abort { .. } => "abort",
+    }
+}
+
+/// Writes one log record in the given mode.
+fn emit(mode: LogMode, level: &str, event: &str, msg: &str, fields: Value) {
+    match mode {
+        LogMode::Quiet => {}
+        LogMode::Json => {
+            let mut o = json!({"ts": system_now_ms(), "level": level, "event": event, "msg": msg});
+            if let (Some(obj), Value::Object(extra)) = (o.as_object_mut(), fields) {
+                for (k, v) in extra {
+                    obj.entry(k).or_insert(v);
+                }
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{o}");
+            let _ = out.flush();
+        }
+        LogMode::Human => {
+            let secs = system_now_ms() / 1000;
+            let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+            let tag = match level {
+                "error" => "ERROR ",
+                "warn" => "warn  ",
+                _ => "",
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{h:02}:{m:02}:{s:02} {tag}{msg}");
+            let _ = out.flush();
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn weights_of(cfg: &PluginConfig) -> BTreeMap<String, u64> {
+    cfg.versions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| Some((v.name.clone(), u64::from(cfg.weight_bps(i)?))))
+        .collect()
+}
+
+fn spawn_pump(source: Box<dyn MetricsSource + Send>, service: String, every: Duration) -> Pump {
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_in = stop.clone();
+    let handle = thread::spawn(move || {
+        while !stop_in.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            let r = source.snapshot(&service).map_err(|e| e.to_string());
+            if tx.send((r, Instant::now())).is_err() {
+                return;
+            }
+            // Sleep in small slices so shutdown is prompt.
+            while started.elapsed() < every && !stop_in.load(Ordering::SeqCst) {
+                thread::sleep((every - started.elapsed()).min(Duration::from_millis(20)));
+            }
+        }
+    });
+    Pump::Background {
+        rx,
+        stop,
+        handle: Some(handle),
+    }
+}
+
+fn spawn_watcher(
+    probe: Box<dyn ApplyProbe + Send>,
+    service: String,
+    timeout: Duration,
+) -> (Sender<ApplyJob>, Receiver<ApplyRecord>) {
+    let (job_tx, job_rx) = mpsc::channel::<ApplyJob>();
+    let (res_tx, res_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut next: Option<ApplyJob> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match job_rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            let record = |applied: bool, detail: String| {
+                let now = Instant::now();
+                ApplyRecord {
+                    seq: job.seq,
+                    at_ms: system_now_ms(),
+                    applied,
+                    apply_ms: now.saturating_duration_since(job.written).as_secs_f64() * 1e3,
+                    trigger_to_apply_ms: job
+                        .trigger
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3),
+                    detail,
+                }
+            };
+            let mut last;
+            let result = loop {
+                if let Ok(newer) = job_rx.try_recv() {
+                    next = Some(newer);
+                    break record(false, "superseded by a newer write".into());
+                }
+                match probe.applied(&service) {
+                    Ok(list) if !list.is_empty() => {
+                        let pending: Vec<String> = list
+                            .iter()
+                            .filter(|a| match &job.expect {
+                                Expect::Digest(d) => a.digest48 != Some(*d),
+                                Expect::Weights(w) => {
+                                    w.iter().any(|(v, bps)| a.weights.get(v) != Some(bps))
+                                }
+                            })
+                            .map(|a| a.endpoint.clone())
+                            .collect();
+                        if pending.is_empty() {
+                            break record(true, format!("{} proxies", list.len()));
+                        }
+                        last = format!("waiting for {}", pending.join(", "));
+                    }
+                    Ok(_) => last = "no proxies".into(),
+                    Err(e) => last = e.to_string(),
+                }
+                if job.written.elapsed() >= timeout {
+                    break record(false, format!("not applied after {timeout:?}: {last}"));
+                }
+                thread::sleep(Duration::from_millis(2));
+            };
+            if res_tx.send(result).is_err() {
+                return;
+            }
+        }
+    });
+    (job_tx, res_rx)
+}
+
+/// The config a rollout state wants in place, as `aviaryctl render-istio` and the offline
+/// commands render it.
+pub fn desired_config(spec: &RolloutSpec, state: Option<&RolloutState>) -> ConfigWrite {
+    match state {
+        Some(s) => {
+            let config = s.desired_config(spec);
+            let rollback = config.kill_switch.is_some();
+            ConfigWrite {
+                config,
+                canary_bps: if rollback { 0 } else { s.canary_bps },
+                rollback,
+                reason: format!("state: {}", s.stage_label()),
+            }
+        }
+        None => ConfigWrite {
+            config: spec.spec.config.plugin_config.clone(),
+            canary_bps: 0,
+            rollback: false,
+            reason: "initial plugin config from the spec".into(),
+        },
+    }
+}

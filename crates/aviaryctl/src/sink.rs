@@ -1,1 +1,426 @@
-//! (being written)
+//! Config sinks: where a new plugin config goes. Every sink validates the config exactly as the
+//! plugin will (`parse_and_compile`) before writing anything, so the driver can never push a
+//! config that Envoy would reject and silently keep the old one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aviary::config::{digest, parse_and_compile, PluginConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::Error;
+use crate::spec::RolloutSpec;
+use crate::state::write_atomic;
+
+/// Mask of the digest bits the plugin exports in the `aviary_config_digest` gauge (Envoy
+/// gauges are integers that Prometheus reads as doubles, exact only to 2^53).
+pub const DIGEST48_MASK: u64 = (1 << 48) - 1;
+
+/// What a write produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteReceipt {
+    /// FNV-1a 64 of the exact plugin JSON the proxy will receive, when the sink knows those
+    /// bytes (ECDS); `None` when a control plane re-encodes the config (Istio).
+    pub digest: Option<u64>,
+    /// Where it went (a path or `stdout`).
+    pub target: String,
+    /// Bytes written.
+    pub bytes: usize,
+    /// Time spent validating, rendering and writing (durably).
+    pub elapsed_us: u64,
+}
+
+impl WriteReceipt {
+    /// The low 48 bits of the digest, as the plugin's `aviary_config_digest` gauge shows them.
+    pub fn digest48(&self) -> Option<u64> {
+        self.digest.map(|d| d & DIGEST48_MASK)
+    }
+}
+
+/// Somewhere a plugin config can be written for the proxies to pick up.
+pub trait ConfigSink {
+    /// Validates and writes `cfg`.
+    fn write(&self, cfg: &PluginConfig) -> Result<WriteReceipt, Error>;
+    /// Short description for logs.
+    fn describe(&self) -> String;
+}
+
+/// Serializes and validates a plugin config as the plugin would parse it.
+pub fn validated_json(cfg: &PluginConfig) -> Result<String, Error> {
+    let raw = cfg.to_json();
+    if raw.is_empty() {
+        return Err(Error::Invalid(
+            "the plugin config could not be serialized".into(),
+        ));
+    }
+    parse_and_compile(raw.as_bytes())?;
+    Ok(raw)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn sink_error(target: &Path, message: impl fmt::Display) -> Error {
+    Error::Sink {
+        sink: target.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ECDS file
+
+/// Writes the filter's ECDS resource file, which Envoy watches through a
+/// `config_discovery: {config_source: {path_config_source: {path}}}` listing. The file is
+/// replaced by rename (Envoy does not reliably see in-place edits), and only the plugin JSON
+/// changes between writes, so Envoy keeps the VM and applies the update within milliseconds.
+#[derive(Debug, Clone)]
+pub struct EcdsFileSink {
+    path: PathBuf,
+    filter_name: String,
+    root_id: String,
+    vm_id: String,
+    wasm_path: String,
+}
+
+impl EcdsFileSink {
+    /// A sink writing `path` for the filter named `filter_name` (the name in the listener's
+    /// `config_discovery` entry), loading the module at `wasm_path`.
+    pub fn new(
+        path: impl Into<PathBuf>,
+        filter_name: impl Into<String>,
+        wasm_path: impl Into<String>,
+    ) -> Self {
+        let filter_name = filter_name.into();
+        EcdsFileSink {
+            path: path.into(),
+            root_id: "aviary".into(),
+            vm_id: String::new(),
+            filter_name,
+            wasm_path: wasm_path.into(),
+        }
+    }
+
+    /// Sets the plugin root id (default `aviary`).
+    pub fn root_id(mut self, root_id: impl Into<String>) -> Self {
+        self.root_id = root_id.into();
+        self
+    }
+
+    /// Sets the VM id (default empty: one VM per module).
+    pub fn vm_id(mut self, vm_id: impl Into<String>) -> Self {
+        self.vm_id = vm_id.into();
+        self
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The ECDS resource document for a plugin JSON string. JSON is also YAML, so the same
+    /// text serves a `.json` or a `.yaml` path.
+    pub fn render(&self, plugin_json: &str) -> Value {
+        let mut vm_config = json!({
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": self.wasm_path}},
+        });
+        if !self.vm_id.is_empty() {
+            vm_config["vm_id"] = json!(self.vm_id);
+        }
+        json!({
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": self.filter_name,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": self.filter_name,
+                        "root_id": self.root_id,
+                        "vm_config": vm_config,
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": plugin_json,
+                        },
+                    },
+                },
+            }]
+        })
+    }
+}
+
+impl ConfigSink for EcdsFileSink {
+    fn write(&self, cfg: &PluginConfig) -> Result<WriteReceipt, Error> {
+        let started = Instant::now();
+        let raw = validated_json(cfg)?;
+        let doc = self.render(&raw);
+        let mut text = serde_json::to_string_pretty(&doc).map_err(|e| {
+            sink_error(&self.path, format_args!("rendering the ECDS resource: {e}"))
+        })?;
+        text.push('\n');
+        write_atomic(&self.path, text.as_bytes()).map_err(|e| sink_error(&self.path, e))?;
+        Ok(WriteReceipt {
+            digest: Some(digest(raw.as_bytes())),
+            target: self.path.display().to_string(),
+            bytes: text.len(),
+            elapsed_us: micros(started.elapsed()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("ecds file {}", self.path.display())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain JSON file
+
+/// Writes the plugin JSON alone (compact, exactly the bytes the plugin would digest), for
+/// setups that template it into their own Envoy or mesh config.
+#[derive(Debug, Clone)]
+pub struct JsonFileSink {
+    path: PathBuf,
+}
+
+impl JsonFileSink {
+    /// A sink replacing `path` atomically.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        JsonFileSink { path: path.into() }
+    }
+}
+
+impl ConfigSink for JsonFileSink {
+    fn write(&self, cfg: &PluginConfig) -> Result<WriteReceipt, Error> {
+        let started = Instant::now();
+        let raw = validated_json(cfg)?;
+        write_atomic(&self.path, raw.as_bytes()).map_err(|e| sink_error(&self.path, e))?;
+        Ok(WriteReceipt {
+            digest: Some(digest(raw.as_bytes())),
+            target: self.path.display().to_string(),
+            bytes: raw.len(),
+            elapsed_us: micros(started.elapsed()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("json file {}", self.path.display())
+    }
+}
+
+/// The sinks a rollout spec declares, ECDS first (its receipt carries the digest the runner
+/// confirms against Envoy).
+pub fn sinks_for(spec: &RolloutSpec) -> Result<Vec<Box<dyn ConfigSink + Send>>, Error> {
+    let target = &spec.spec.config;
+    let mut sinks: Vec<Box<dyn ConfigSink + Send>> = Vec::new();
+    if let Some(path) = &target.ecds_file {
+        let wasm = target.wasm_file.as_deref().ok_or_else(|| {
+            Error::spec(
+                "spec.config.wasmFile",
+                "required with ecdsFile: the ECDS resource names the module to load",
+            )
+        })?;
+        sinks.push(Box::new(EcdsFileSink::new(path, &target.filter_name, wasm)));
+    }
+    if let Some(path) = &target.json_file {
+        sinks.push(Box::new(JsonFileSink::new(path)));
+    }
+    if let Some(istio) = &target.istio_wasm_plugin {
+        let mut sink = IstioWasmPluginSink::new(
+            &istio.name,
+            &istio.image,
+            ManifestOutput::File(PathBuf::from(&istio.path)),
+        );
+        sink.namespace = Some(istio.namespace.clone());
+        sink.selector = istio.selector.clone();
+        sinks.push(Box::new(sink));
+    }
+    if sinks.is_empty() {
+        return Err(Error::spec(
+            "spec.config",
+            "no sink: set ecdsFile, jsonFile or istioWasmPlugin",
+        ));
+    }
+    Ok(sinks)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Istio WasmPlugin
+
+/// `spec.failStrategy` of a WasmPlugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailStrategy {
+    /// If the module cannot be fetched or loaded, requests bypass the plugin. Aviary's default:
+    /// without the plugin no routing header is set, so the routes fall through to the
+    /// baseline, which is the same place a rollback sends traffic. Failing closed would turn a
+    /// module fetch problem into a full outage of the service.
+    #[default]
+    FailOpen,
+    /// Requests fail (5xx) while the plugin is broken.
+    FailClose,
+    /// Reload the VM on failure.
+    FailReload,
+}
+
+/// `spec.phase` of a WasmPlugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// Before Istio's authentication filters.
+    Authn,
+    /// After authentication, before authorization.
+    Authz,
+    /// After authorization, before Istio's stats filters. Aviary's default: requests denied by
+    /// authn/authz are answered locally and never counted against a version, and the
+    /// routing header is still set before the router picks a route.
+    #[default]
+    Stats,
+    /// Istio's default position (end of the chain, before the router).
+    UnspecifiedPhase,
+}
+
+/// Where rendered manifests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestOutput {
+    /// A file, replaced atomically (for GitOps or `kubectl apply -f`).
+    File(PathBuf),
+    /// Standard output.
+    Stdout,
+}
+
+/// Renders an Istio `WasmPlugin` (extensions.istio.io/v1alpha1) carrying the plugin config as
+/// `spec.pluginConfig`. Istio re-encodes the config for Envoy, so the receipt has no digest
+/// and the runner confirms an apply by the weight gauges instead.
+#[derive(Debug, Clone)]
+pub struct IstioWasmPluginSink {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`, if any.
+    pub namespace: Option<String>,
+    /// `spec.url`: `oci://`, `https://`, `http://` or `file://` URL of the module.
+    pub url: String,
+    /// `spec.sha256` of the module, lowercase hex.
+    pub sha256: Option<String>,
+    pub fail_strategy: FailStrategy,
+    pub phase: Phase,
+    /// `spec.priority` within the phase.
+    pub priority: Option<i32>,
+    /// `spec.selector.matchLabels` (workloads to apply to); empty means all in the namespace.
+    pub selector: BTreeMap<String, String>,
+    /// `spec.pluginName` (the root id).
+    pub plugin_name: String,
+    pub output: ManifestOutput,
+}
+
+impl IstioWasmPluginSink {
+    /// A sink with Aviary's defaults (FAIL_OPEN, STATS phase, plugin name `aviary`).
+    pub fn new(name: impl Into<String>, url: impl Into<String>, output: ManifestOutput) -> Self {
+        IstioWasmPluginSink {
+            name: name.into(),
+            namespace: None,
+            url: url.into(),
+            sha256: None,
+            fail_strategy: FailStrategy::default(),
+            phase: Phase::default(),
+            priority: None,
+            selector: BTreeMap::new(),
+            plugin_name: "aviary".into(),
+            output,
+        }
+    }
+
+    /// The manifest as a JSON value (validated plugin config included).
+    pub fn manifest(&self, cfg: &PluginConfig) -> Result<Value, Error> {
+        let raw = validated_json(cfg)?;
+        let plugin_config: Value = serde_json::from_str(&raw)
+            .map_err(|e| Error::Invalid(format!("re-reading the plugin JSON: {e}")))?;
+        if let Some(sha) = &self.sha256 {
+            if sha.len() != 64
+                || !sha
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(Error::Invalid(format!(
+                    "sha256 must be 64 lowercase hex digits, got {sha:?}"
+                )));
+            }
+        }
+        let mut metadata = json!({"name": self.name});
+        if let Some(ns) = &self.namespace {
+            metadata["namespace"] = json!(ns);
+        }
+        let mut spec = json!({
+            "url": self.url,
+            "pluginName": self.plugin_name,
+            "failStrategy": self.fail_strategy,
+            "phase": self.phase,
+            "type": "HTTP",
+            "pluginConfig": plugin_config,
+        });
+        if let Some(sha) = &self.sha256 {
+            spec["sha256"] = json!(sha);
+        }
+        if let Some(p) = self.priority {
+            spec["priority"] = json!(p);
+        }
+        if !self.selector.is_empty() {
+            spec["selector"] = json!({"matchLabels": self.selector});
+        }
+        Ok(json!({
+            "apiVersion": "extensions.istio.io/v1alpha1",
+            "kind": "WasmPlugin",
+            "metadata": metadata,
+            "spec": spec,
+        }))
+    }
+
+    /// The manifest as YAML text.
+    pub fn render(&self, cfg: &PluginConfig) -> Result<String, Error> {
+        let manifest = self.manifest(cfg)?;
+        serde_yaml::to_string(&manifest).map_err(|e| {
+            sink_error(
+                Path::new(&self.name),
+                format_args!("rendering the WasmPlugin: {e}"),
+            )
+        })
+    }
+}
+
+impl ConfigSink for IstioWasmPluginSink {
+    fn write(&self, cfg: &PluginConfig) -> Result<WriteReceipt, Error> {
+        let started = Instant::now();
+        let text = self.render(cfg)?;
+        let target = match &self.output {
+            ManifestOutput::File(path) => {
+                write_atomic(path, text.as_bytes()).map_err(|e| sink_error(path, e))?;
+                path.display().to_string()
+            }
+            ManifestOutput::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(b"---\n")
+                    .and_then(|()| out.write_all(text.as_bytes()))
+                    .and_then(|()| out.flush())
+                    .map_err(|e| sink_error(Path::new("stdout"), e))?;
+                "stdout".to_string()
+            }
+        };
+        Ok(WriteReceipt {
+            digest: None,
+            target,
+            bytes: text.len(),
+            elapsed_us: micros(started.elapsed()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match &self.output {
+            ManifestOutput::File(p) => format!("istio WasmPlugin {}", p.display()),
+            ManifestOutput::Stdout => "istio WasmPlugin (stdout)".into(),
+        }
+    }
+}

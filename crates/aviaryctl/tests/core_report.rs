@@ -1,0 +1,209 @@
+//! Reports: JSON with every decision and statistic, Markdown, and a well-formed SVG.
+
+mod core_common;
+
+use aviaryctl::report::{render_json, render_markdown, render_svg, status, write_reports};
+use aviaryctl::step::{Outcome, RolloutState};
+use core_common::{run, spec, Behaviour, World};
+
+fn rolled_back() -> RolloutState {
+    let spec = spec();
+    let slow = Behaviour {
+        median_ms: 120.0,
+        ..Behaviour::healthy()
+    };
+    let mut world = World::new(21, 1000.0, Behaviour::healthy(), slow);
+    let r = run(&spec, &mut world, 1_000, 3_600_000);
+    assert_eq!(r.outcome, Some(Outcome::RolledBack));
+    r.state
+}
+
+fn promoted() -> RolloutState {
+    let spec = spec();
+    let mut world = World::new(22, 1000.0, Behaviour::healthy(), Behaviour::healthy());
+    let r = run(&spec, &mut world, 1_000, 3_600_000);
+    assert_eq!(r.outcome, Some(Outcome::Promoted));
+    r.state
+}
+
+/// A small XML well-formedness check: balanced, properly nested tags, quoted attributes,
+/// and only known entities.
+fn check_xml(doc: &str) -> Result<usize, String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut elements = 0;
+    let mut rest = doc.trim();
+    let check_text = |t: &str| -> Result<(), String> {
+        let mut s = t;
+        while let Some(i) = s.find('&') {
+            let after = &s[i + 1..];
+            let ok = ["lt;", "gt;", "amp;", "quot;", "apos;"]
+                .iter()
+                .any(|e| after.starts_with(e));
+            if !ok {
+                return Err(format!("bad entity near `{}`", &s[i..(i + 8).min(s.len())]));
+            }
+            s = after;
+        }
+        if s.contains('>') && t.contains('>') {
+            return Err(format!("stray `>` in `{t}`"));
+        }
+        Ok(())
+    };
+    while !rest.is_empty() {
+        let Some(open) = rest.find('<') else {
+            check_text(rest)?;
+            break;
+        };
+        check_text(&rest[..open])?;
+        let Some(close) = rest[open..].find('>') else {
+            return Err("unterminated tag".into());
+        };
+        let tag = &rest[open + 1..open + close];
+        rest = &rest[open + close + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            match stack.pop() {
+                Some(top) if top == name.trim() => {}
+                other => return Err(format!("`</{name}>` closes {other:?}")),
+            }
+            continue;
+        }
+        let self_closing = tag.ends_with('/');
+        let body = tag.trim_end_matches('/');
+        let name: String = body.chars().take_while(|c| !c.is_whitespace()).collect();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ':')
+        {
+            return Err(format!("bad tag name in `<{tag}>`"));
+        }
+        // Attributes: name="value" pairs with no `<` inside values.
+        let mut attrs = body[name.len()..].trim();
+        while !attrs.is_empty() {
+            let Some(eq) = attrs.find("=\"") else {
+                return Err(format!("bad attributes in `<{tag}>`"));
+            };
+            let Some(end) = attrs[eq + 2..].find('"') else {
+                return Err(format!("unterminated attribute in `<{tag}>`"));
+            };
+            let value = &attrs[eq + 2..eq + 2 + end];
+            if value.contains('<') {
+                return Err(format!("`<` in attribute of `<{tag}>`"));
+            }
+            check_text(value)?;
+            attrs = attrs[eq + 2 + end + 1..].trim();
+        }
+        elements += 1;
+        if !self_closing {
+            stack.push(name);
+        }
+    }
+    if stack.is_empty() {
+        Ok(elements)
+    } else {
+        Err(format!("unclosed {stack:?}"))
+    }
+}
+
+#[test]
+fn xml_checker_rejects_malformed_documents() {
+    assert!(check_xml("<svg><g></g></svg>").is_ok());
+    assert!(check_xml("<svg><g></svg>").is_err());
+    assert!(check_xml("<svg><text>a & b</text></svg>").is_err());
+    assert!(check_xml("<svg x=\"1\" y=2/>").is_err());
+}
+
+#[test]
+fn svg_is_well_formed_and_has_all_panels() {
+    let spec = spec();
+    for state in [rolled_back(), promoted(), RolloutState::new(&spec, 0)] {
+        let svg = render_svg(&spec, &state);
+        let n = check_xml(&svg);
+        assert!(n.as_ref().is_ok_and(|&n| n > 10), "{n:?}\n{svg}");
+        for title in [
+            "Canary weight (%)",
+            "Error rate (%)",
+            "p95 latency (ms)",
+            "Drift",
+        ] {
+            assert!(svg.contains(title), "{title}");
+        }
+    }
+    let svg = render_svg(&spec, &rolled_back());
+    assert!(svg.contains("rollback") && svg.contains("<polyline"));
+}
+
+#[test]
+fn json_report_records_decisions_with_statistics_timeline_and_stage_times() {
+    let spec = spec();
+    let state = rolled_back();
+    let j = render_json(&spec, &state);
+    assert_eq!(j["outcome"], "rolledBack");
+    let decisions = j["decisions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(decisions.len(), state.decisions.len());
+    let judged = decisions
+        .iter()
+        .filter(|d| d["gates"].as_array().is_some_and(|g| !g.is_empty()))
+        .count();
+    assert!(judged >= 2);
+    let fail = decisions
+        .iter()
+        .flat_map(|d| d["gates"].as_array().cloned().unwrap_or_default())
+        .find(|g| g["verdict"] == "fail")
+        .unwrap_or_default();
+    assert_eq!(fail["gate"], "latency.p95.regression");
+    assert!(fail["statistic"].is_f64() && fail["threshold"].is_f64());
+    assert!(fail["observed"]["canary"].is_f64() && fail["observed"]["baseline"].is_f64());
+    let timeline = j["timeline"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        timeline.last().map(|t| t["killSwitch"].clone()),
+        Some(true.into())
+    );
+    let stages = j["stages"].as_array().cloned().unwrap_or_default();
+    assert!(!stages.is_empty() && stages.iter().all(|s| s["durationMs"].is_u64()));
+    assert!(j["durationMs"].is_u64());
+    // The report is plain JSON (no NaN or infinity).
+    let text = serde_json::to_string(&j).unwrap_or_default();
+    assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+}
+
+#[test]
+fn markdown_summarises_stages_and_decisions() {
+    let spec = spec();
+    let md = render_markdown(&spec, &promoted());
+    assert!(md.starts_with("# Rollout `recsys-v2`: stable → v2 (promoted)"));
+    assert!(md.contains("## Stages") && md.contains("## Decisions"));
+    assert!(md.contains("| step 1 (1%) | 1% |"));
+    assert!(md.contains("Promote"));
+    let md = render_markdown(&spec, &rolled_back());
+    assert!(md.contains("(rolled back)"));
+    assert!(md.contains("| latency.p95.regression |"));
+}
+
+#[test]
+fn status_shows_stage_and_last_decision() {
+    let spec = spec();
+    let state = rolled_back();
+    let s = status(&spec, &state, state.finished_ms.unwrap_or(0) + 5_000);
+    assert_eq!(s.outcome, Some(Outcome::RolledBack));
+    let text = s.to_string();
+    assert!(
+        text.contains("rolled back") && text.contains("latency.p95.regression"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&s).unwrap_or_default();
+    assert_eq!(json["canaryWeight"], "0%");
+}
+
+#[test]
+fn reports_are_written_to_a_directory() {
+    let spec = spec();
+    let dir = std::env::temp_dir().join(format!("aviaryctl-core-report-{}", std::process::id()));
+    let paths = write_reports(&spec, &promoted(), &dir).unwrap_or_default();
+    assert_eq!(paths.len(), 3);
+    assert!(paths.iter().all(|p| p.exists()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

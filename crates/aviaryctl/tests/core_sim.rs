@@ -1,0 +1,279 @@
+//! Simulations on the pure gate and step code with a seeded RNG: detection power and the A/A
+//! false-rollback rate. Time is simulated; nothing reads the wall clock.
+
+mod core_common;
+
+use aviaryctl::gates::ErrorTests;
+use aviaryctl::spec::ErrorRateGate;
+use aviaryctl::step::{DecisionKind, Outcome};
+use core_common::{run, spec, spec_with, Behaviour, Rng, World};
+
+/// Runs `f(seed)` for `runs` seeds on two threads (the CI box has two cores).
+fn par<R: Send>(runs: u64, f: impl Fn(u64) -> R + Sync) -> Vec<R> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2u64)
+            .map(|t| s.spawn(move || (0..runs).filter(|i| i % 2 == t).map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn percentile(mut v: Vec<u64>, q: f64) -> u64 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Numbers: A/A through the full schedule (1, 5, 10, 25, 50 → 100%) at 2000 requests per
+/// 30 s interval, fast-track every 1 s, threshold 2, error + latency + drift gates:
+/// false rollbacks ≤ 1% of 1000 runs.
+#[test]
+fn aa_full_schedule_false_rollback_rate_is_at_most_one_percent() {
+    let spec = spec();
+    let runs = 1000;
+    let results = par(runs, |seed| {
+        let mut world = World::new(
+            seed,
+            2000.0 / 30.0,
+            Behaviour::healthy(),
+            Behaviour::healthy(),
+        );
+        let r = run(&spec, &mut world, 1_000, 6 * 3_600_000);
+        let holds = r
+            .state
+            .decisions
+            .iter()
+            .filter(|d| d.kind == DecisionKind::Hold)
+            .count();
+        (r.outcome, r.ended_ms, holds)
+    });
+    let rollbacks = results
+        .iter()
+        .filter(|(o, _, _)| matches!(o, Some(Outcome::RolledBack | Outcome::Aborted)))
+        .count();
+    let promoted = results
+        .iter()
+        .filter(|(o, _, _)| *o == Some(Outcome::Promoted))
+        .count();
+    let mean_s = results.iter().map(|r| r.1).sum::<u64>() / runs / 1000;
+    let p99_holds = percentile(results.iter().map(|r| r.2 as u64).collect(), 0.99);
+    eprintln!(
+        "A/A: {rollbacks}/{runs} false rollbacks, {promoted} promoted, mean time to promotion {mean_s} s, p99 holds {p99_holds}"
+    );
+    assert!(
+        rollbacks as f64 <= 0.01 * runs as f64,
+        "{rollbacks} false rollbacks"
+    );
+    assert_eq!(promoted + rollbacks, runs as usize, "every run must finish");
+}
+
+/// Numbers: a canary at 5% errors against a 0.1% baseline is rolled back by the fast track
+/// within 500 canary requests in ≥ 95% of 1000 runs (through `step`, starting at 1%).
+#[test]
+fn error_regression_detected_within_500_canary_requests() {
+    let spec = spec();
+    let runs = 1000;
+    let bad = Behaviour {
+        error_rate: 0.05,
+        ..Behaviour::healthy()
+    };
+    // 1000 rps so the 1% step sees ~10 canary requests per 1 s read.
+    let results = par(runs, |seed| {
+        let mut world = World::new(seed, 1000.0, Behaviour::healthy(), bad.clone());
+        let r = run(&spec, &mut world, 1_000, 600_000);
+        let fast = r
+            .state
+            .decisions
+            .last()
+            .is_some_and(|d| d.kind == DecisionKind::FastRollback);
+        (r.outcome, r.canary_requests, fast)
+    });
+    let within: Vec<u64> = results
+        .iter()
+        .filter(|(o, n, fast)| *o == Some(Outcome::RolledBack) && *fast && *n <= 500)
+        .map(|r| r.1)
+        .collect();
+    let detected: Vec<u64> = results
+        .iter()
+        .filter(|(o, _, _)| *o == Some(Outcome::RolledBack))
+        .map(|r| r.1)
+        .collect();
+    let promoted = results
+        .iter()
+        .filter(|r| r.0 == Some(Outcome::Promoted))
+        .count();
+    let rate = within.len() as f64 / runs as f64;
+    eprintln!(
+        "5% vs 0.1%: detected within 500 canary requests in {:.1}% of runs; canary requests to rollback: median {}, p95 {}, max {}; promoted {promoted}",
+        rate * 100.0,
+        percentile(detected.clone(), 0.5),
+        percentile(detected.clone(), 0.95),
+        percentile(detected, 1.0)
+    );
+    assert!(
+        rate >= 0.95,
+        "detected within 500 in only {:.1}%",
+        rate * 100.0
+    );
+    assert_eq!(promoted, 0);
+}
+
+/// The same on the gate code alone, at several weights, feeding 10 canary requests per look.
+#[test]
+fn error_regression_detection_is_weight_independent() {
+    let spec = spec();
+    let gate = ErrorRateGate {
+        max: Some(0.01),
+        max_relative: Some(2.0),
+        alpha: None,
+        fast_track: true,
+    };
+    let budget = spec.alpha_budget();
+    for weight in [0.01f64, 0.1, 0.5] {
+        let runs = 1000u64;
+        let mut needed = Vec::new();
+        let mut within = 0;
+        for seed in 0..runs {
+            let mut rng = Rng::new(seed ^ (weight * 1e6) as u64);
+            let mut t = ErrorTests::default();
+            let mut n = 0;
+            let per_look_b = (10.0 * (1.0 - weight) / weight).round() as u64;
+            while n < 5_000 {
+                let ce = rng.binomial(10, 0.05);
+                let be = rng.binomial(per_look_b, 0.001);
+                t.observe_counts(&gate, (ce, 10), (be, per_look_b));
+                n += 10;
+                if t.absolute.rejected(budget.error_absolute)
+                    || t.relative.rejected(budget.error_relative)
+                {
+                    break;
+                }
+            }
+            if n <= 500 {
+                within += 1;
+            }
+            needed.push(n);
+        }
+        eprintln!(
+            "weight {weight}: within 500 in {:.1}%, median {} p95 {}",
+            within as f64 / runs as f64 * 100.0,
+            percentile(needed.clone(), 0.5),
+            percentile(needed, 0.95)
+        );
+        assert!(within as f64 >= 0.95 * runs as f64);
+    }
+}
+
+/// A/A on the sequential error test at its boundary (maxRelative 1, 2% errors on both, 1000
+/// looks): the always-valid guarantee keeps false rejections ≤ alpha.
+#[test]
+fn sequential_error_test_is_valid_under_continuous_monitoring() {
+    let gate = ErrorRateGate {
+        max: Some(0.02),
+        max_relative: Some(1.0),
+        alpha: None,
+        fast_track: true,
+    };
+    let alpha = 0.01;
+    let runs = 2000u64;
+    let (mut abs, mut rel) = (0, 0);
+    for seed in 0..runs {
+        let mut rng = Rng::new(seed + 77);
+        let mut t = ErrorTests::default();
+        for _ in 0..1000 {
+            let (nc, nb) = (20, 80);
+            t.observe_counts(
+                &gate,
+                (rng.binomial(nc, 0.02), nc),
+                (rng.binomial(nb, 0.02), nb),
+            );
+        }
+        abs += u32::from(t.absolute.rejected(alpha));
+        rel += u32::from(t.relative.rejected(alpha));
+    }
+    eprintln!(
+        "boundary A/A over 1000 looks: absolute {:.2}%, relative {:.2}% (alpha 1%)",
+        f64::from(abs) / runs as f64 * 100.0,
+        f64::from(rel) / runs as f64 * 100.0
+    );
+    assert!(f64::from(abs) <= alpha * runs as f64 * 1.3);
+    assert!(f64::from(rel) <= alpha * runs as f64 * 1.3);
+}
+
+fn regression_runs(
+    spec: &aviaryctl::spec::RolloutSpec,
+    canary: Behaviour,
+    runs: u64,
+) -> (usize, usize, Vec<String>) {
+    let results = par(runs, |seed| {
+        let mut world = World::new(seed, 2000.0 / 30.0, Behaviour::healthy(), canary.clone());
+        let r = run(spec, &mut world, 1_000, 6 * 3_600_000);
+        let failed: Vec<String> = r
+            .state
+            .decisions
+            .iter()
+            .flat_map(|d| d.gates.iter())
+            .filter(|g| g.verdict == aviaryctl::gates::Verdict::Fail)
+            .map(|g| g.gate.clone())
+            .collect();
+        (r.outcome, failed)
+    });
+    let rolled = results
+        .iter()
+        .filter(|r| r.0 == Some(Outcome::RolledBack))
+        .count();
+    let promoted = results
+        .iter()
+        .filter(|r| r.0 == Some(Outcome::Promoted))
+        .count();
+    let mut gates: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
+    gates.sort();
+    gates.dedup();
+    (rolled, promoted, gates)
+}
+
+#[test]
+fn latency_regression_is_rolled_back() {
+    let spec = spec();
+    let slow = Behaviour {
+        median_ms: 80.0,
+        ..Behaviour::healthy()
+    };
+    let (rolled, promoted, gates) = regression_runs(&spec, slow, 200);
+    eprintln!("p95 ×2: rolled back {rolled}/200, promoted {promoted}, failing gates {gates:?}");
+    assert!(rolled >= 190 && promoted == 0);
+    assert!(gates.iter().any(|g| g == "latency.p95.regression"));
+}
+
+#[test]
+fn latency_slo_breach_is_rolled_back() {
+    let spec = spec_with("maxRegression: 1.2", "maxRegression: 100");
+    let slow = Behaviour {
+        median_ms: 200.0,
+        ..Behaviour::healthy()
+    };
+    let (rolled, promoted, gates) = regression_runs(&spec, slow, 200);
+    eprintln!("p95 ≈ 540 ms vs 400 ms SLO: rolled back {rolled}/200, promoted {promoted}, failing gates {gates:?}");
+    assert!(rolled >= 190 && promoted == 0);
+    assert!(gates.iter().any(|g| g == "latency.p95.slo"));
+}
+
+#[test]
+fn prediction_drift_is_rolled_back() {
+    let spec = spec();
+    let drifted = Behaviour {
+        scores: vec![0.10, 0.14, 0.16, 0.16, 0.14, 0.10, 0.08, 0.06, 0.04, 0.02],
+        ..Behaviour::healthy()
+    };
+    let (rolled, promoted, gates) = regression_runs(&spec, drifted, 200);
+    eprintln!(
+        "score drift: rolled back {rolled}/200, promoted {promoted}, failing gates {gates:?}"
+    );
+    assert!(rolled >= 190 && promoted == 0);
+    assert_eq!(gates, vec!["drift".to_string()]);
+}

@@ -1,0 +1,502 @@
+//! The runner with a simulated clock and a simulated proxy that routes by whatever config the
+//! JSON sink last wrote: whole rollouts run in milliseconds, deterministically. Covers action
+//! order, persistence, commands and acks, restart without a weight jump, the lock, sink
+//! failure retries, notifications and confirmation gates.
+
+mod edges_support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aviary::config::PluginConfig;
+use aviaryctl::clock::{Clock, ManualClock};
+use aviaryctl::error::Error;
+use aviaryctl::observe::{Snapshot, VersionMetrics};
+use aviaryctl::runner::{Components, LogMode, Runner, RunnerEvent, RunnerOptions};
+use aviaryctl::sink::{ConfigSink, JsonFileSink};
+use aviaryctl::source::MetricsSource;
+use aviaryctl::spec::{Event, RolloutSpec};
+use aviaryctl::state::StateStore;
+use aviaryctl::step::{Command, Notification, Outcome, Phase, RolloutState};
+use aviaryctl::webhook::{Approval, Approver, Notifier};
+use edges_support::TempDir;
+
+const RPS: u64 = 2000;
+
+fn spec_text(dir: &Path, extra_webhooks: &str) -> String {
+    format!(
+        r#"
+apiVersion: aviary.dev/v1
+kind: Rollout
+metadata: {{name: recsys-v2}}
+spec:
+  baseline: stable
+  canary: canary
+  config:
+    jsonFile: {dir}/plugin.json
+    pluginConfig:
+      service: recsys
+      versions: [{{name: stable, weight: 10000}}, {{name: canary, weight: 0}}]
+  metrics: {{envoyAdmin: ["http://127.0.0.1:9"]}}
+  analysis:
+    interval: 10s
+    fastInterval: 1s
+    threshold: 2
+    minSamples: 100
+    stepWeights: [10, 50]
+    gates:
+      errorRate: {{max: 0.05, maxRelative: 3}}
+{extra_webhooks}"#,
+        dir = dir.display()
+    )
+}
+
+fn spec(dir: &Path, hooks: &str) -> RolloutSpec {
+    RolloutSpec::parse(&spec_text(dir, hooks)).unwrap_or_else(|e| panic!("spec: {e}"))
+}
+
+/// A proxy that serves `RPS` requests per simulated second, split by the weights (and kill
+/// switch) of the config file, with a settable canary error rate (per million).
+struct SimProxy {
+    clock: ManualClock,
+    config: PathBuf,
+    canary_errors_ppm: Arc<AtomicU64>,
+    inner: Mutex<(u64, Snapshot)>,
+}
+
+impl SimProxy {
+    fn new(clock: ManualClock, config: PathBuf, errors: Arc<AtomicU64>) -> Self {
+        let now = clock.now_ms();
+        SimProxy {
+            clock,
+            config,
+            canary_errors_ppm: errors,
+            inner: Mutex::new((now, Snapshot::default())),
+        }
+    }
+}
+
+impl MetricsSource for SimProxy {
+    fn snapshot(&self, _service: &str) -> Result<Snapshot, Error> {
+        let now = self.clock.now_ms();
+        let mut guard = self.inner.lock().expect("lock");
+        let (last, snap) = &mut *guard;
+        let elapsed = now.saturating_sub(*last);
+        *last = now;
+        let cfg = std::fs::read(&self.config)
+            .ok()
+            .and_then(|b| PluginConfig::from_json(&b).ok());
+        let canary_bps = match &cfg {
+            Some(c) if c.kill_switch.is_none() => c.weight_bps(1).unwrap_or(0),
+            _ => 0,
+        };
+        let total = RPS * elapsed / 1000;
+        let canary = total * u64::from(canary_bps) / 10_000;
+        let ppm = self.canary_errors_ppm.load(Ordering::SeqCst);
+        for (name, n, ppm) in [("stable", total - canary, 1_000), ("canary", canary, ppm)] {
+            let v = snap
+                .versions
+                .entry(name.into())
+                .or_insert_with(VersionMetrics::default);
+            let before = v.requests;
+            v.requests += n;
+            // Deterministic: errors so far = floor(requests * rate).
+            let err_before = before * ppm / 1_000_000;
+            let err_after = v.requests * ppm / 1_000_000;
+            *v.responses.entry("5xx".into()).or_insert(0) += err_after - err_before;
+            *v.responses.entry("2xx".into()).or_insert(0) += n - (err_after - err_before);
+            v.weight_bps = Some(if name == "canary" {
+                u64::from(canary_bps)
+            } else {
+                10_000 - u64::from(canary_bps)
+            });
+        }
+        snap.at_ms = now;
+        Ok(snap.clone())
+    }
+
+    fn describe(&self) -> String {
+        "sim".into()
+    }
+}
+
+#[derive(Default, Clone)]
+struct Recorder(Arc<Mutex<Vec<Notification>>>);
+
+impl Recorder {
+    fn events(&self) -> Vec<Event> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|n| n.event)
+            .collect()
+    }
+}
+
+impl Notifier for Recorder {
+    fn notify(&self, event: &Notification) -> Result<(), Error> {
+        self.0.lock().expect("lock").push(event.clone());
+        Ok(())
+    }
+}
+
+struct FixedApprover(Approval, Arc<AtomicU64>);
+
+impl Approver for FixedApprover {
+    fn confirm(&self, _: &Notification) -> Result<Approval, Error> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Ok(self.0.clone())
+    }
+    fn answers(&self, event: Event) -> bool {
+        event.is_confirmation()
+    }
+}
+
+struct Setup {
+    dir: TempDir,
+    clock: ManualClock,
+    errors: Arc<AtomicU64>,
+    recorder: Recorder,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            dir: TempDir::new("runner"),
+            clock: ManualClock::new(1_800_000_000_000),
+            errors: Arc::new(AtomicU64::new(1_000)),
+            recorder: Recorder::default(),
+        }
+    }
+
+    fn store(&self) -> StateStore {
+        StateStore::in_dir(self.dir.join("state")).expect("store")
+    }
+
+    fn plugin_path(&self) -> PathBuf {
+        self.dir.join("plugin.json")
+    }
+
+    fn runner_with(
+        &self,
+        spec: RolloutSpec,
+        approvers: Vec<Arc<dyn Approver>>,
+    ) -> Result<Runner, Error> {
+        let components = Components {
+            source: Box::new(SimProxy::new(
+                self.clock.clone(),
+                self.plugin_path(),
+                self.errors.clone(),
+            )),
+            sinks: vec![
+                Box::new(JsonFileSink::new(self.plugin_path())) as Box<dyn ConfigSink + Send>
+            ],
+            notifier: Some(Box::new(self.recorder.clone())),
+            approvers,
+            probe: None,
+        };
+        let opts = RunnerOptions {
+            inline_source: true,
+            log: LogMode::Quiet,
+            report_dir: Some(self.dir.join("report")),
+            ..RunnerOptions::default()
+        };
+        Runner::new(
+            spec,
+            self.store(),
+            components,
+            Arc::new(self.clock.clone()),
+            opts,
+        )
+    }
+
+    fn runner(&self) -> Runner {
+        self.runner_with(spec(self.dir.path(), ""), Vec::new())
+            .expect("runner")
+    }
+
+    fn written(&self) -> PluginConfig {
+        PluginConfig::from_json(&std::fs::read(self.plugin_path()).expect("plugin.json"))
+            .expect("valid")
+    }
+
+    fn events(&self) -> Vec<RunnerEvent> {
+        self.store().read_events().expect("events")
+    }
+}
+
+/// Ticks until `pred` holds, bounded in simulated time.
+fn tick_until(
+    r: &mut Runner,
+    clock: &ManualClock,
+    limit: Duration,
+    pred: impl Fn(&RolloutState) -> bool,
+) {
+    let end = clock.now_ms() + limit.as_millis() as u64;
+    while !pred(r.state()) {
+        assert!(
+            clock.now_ms() < end,
+            "condition not reached; state {:?}",
+            r.state().phase
+        );
+        r.tick().expect("tick");
+    }
+}
+
+#[test]
+fn healthy_canary_is_promoted_through_every_step() {
+    let s = Setup::new();
+    let outcome = s.runner().run().expect("runs");
+    assert_eq!(outcome, Some(Outcome::Promoted));
+    let cfg = s.written();
+    assert_eq!(cfg.weight_bps(1), Some(10_000));
+    assert_eq!(cfg.kill_switch, None);
+
+    let state: RolloutState = s.store().load().expect("load").expect("saved");
+    assert_eq!(state.phase, Phase::Promoted);
+    let bps: Vec<u32> = state.timeline.iter().map(|p| p.canary_bps).collect();
+    assert_eq!(bps, vec![1000, 5000, 10_000]);
+
+    let writes: Vec<_> = s
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            RunnerEvent::Write(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        writes.iter().map(|w| w.canary_bps).collect::<Vec<_>>(),
+        vec![1000, 5000, 10_000]
+    );
+    assert!(writes[1..].iter().all(|w| w.trigger == "observation"));
+    assert!(writes
+        .iter()
+        .all(|w| w.errors.is_empty() && w.digest48.is_some()));
+    assert!(writes.iter().all(|w| w.write_us < 100_000), "{writes:?}");
+    assert_eq!(
+        s.recorder.events(),
+        vec![Event::Start, Event::Step, Event::Step, Event::Promote]
+    );
+    assert!(s.dir.join("report/report.json").exists());
+}
+
+#[test]
+fn failing_canary_is_rolled_back_first_thing() {
+    let s = Setup::new();
+    s.errors.store(300_000, Ordering::SeqCst);
+    let outcome = s.runner().run().expect("runs");
+    assert_eq!(outcome, Some(Outcome::RolledBack));
+    let cfg = s.written();
+    assert_eq!(cfg.kill_switch.as_deref(), Some("stable"));
+    assert_eq!(cfg.weight_bps(1), Some(0));
+    let events = s.events();
+    let rollback = events
+        .iter()
+        .find_map(|e| match e {
+            RunnerEvent::Write(w) if w.rollback => Some(w.clone()),
+            _ => None,
+        })
+        .expect("rollback write");
+    assert_eq!(rollback.trigger, "observation");
+    let evaluation_to_write = rollback.trigger_to_write_us.expect("timed");
+    assert!(evaluation_to_write < 100_000, "{evaluation_to_write} us");
+    println!(
+        "rollback: decide {} us, sink {} us, evaluation→write {} us",
+        rollback.decide_us, rollback.write_us, evaluation_to_write
+    );
+    let state: RolloutState = s.store().load().expect("load").expect("saved");
+    assert_eq!(state.phase, Phase::RolledBack);
+    assert_eq!(s.recorder.events().last(), Some(&Event::Rollback));
+}
+
+#[test]
+fn commands_are_acknowledged_and_abort_writes_the_kill_switch() {
+    let s = Setup::new();
+    let mut r = s.runner();
+    r.start().expect("start");
+    tick_until(&mut r, &s.clock, Duration::from_secs(30), |st| {
+        matches!(st.phase, Phase::Canary { .. })
+    });
+    let store = s.store();
+
+    let pause = store.submit(Command::Pause).expect("submit");
+    r.tick().expect("tick");
+    let ack = store
+        .wait_ack(&pause.id, Duration::ZERO)
+        .expect("read")
+        .expect("acked");
+    assert!(ack.accepted, "{ack:?}");
+    assert!(r.state().paused);
+    // Paused: a full interval of passing gates does not promote.
+    let step_before = r.state().phase;
+    s.clock.advance(Duration::from_secs(25));
+    r.tick().expect("tick");
+    assert_eq!(r.state().phase, step_before);
+
+    let again = store.submit(Command::Pause).expect("submit");
+    r.tick().expect("tick");
+    let ack = store
+        .wait_ack(&again.id, Duration::ZERO)
+        .expect("read")
+        .expect("acked");
+    assert!(
+        !ack.accepted && ack.message.contains("already paused"),
+        "{ack:?}"
+    );
+
+    let abort = store
+        .submit(Command::Abort {
+            reason: Some("bad business KPIs".into()),
+        })
+        .expect("submit");
+    r.tick().expect("tick");
+    let ack = store
+        .wait_ack(&abort.id, Duration::ZERO)
+        .expect("read")
+        .expect("acked");
+    assert!(ack.accepted, "{ack:?}");
+    assert!(ack.write_us.is_some(), "abort wrote the config");
+    assert!(ack.message.contains("bad business KPIs"), "{ack:?}");
+    assert_eq!(s.written().kill_switch.as_deref(), Some("stable"));
+    assert_eq!(r.finish().expect("finish"), Some(Outcome::Aborted));
+    let state: RolloutState = store.load().expect("load").expect("saved");
+    assert_eq!(state.phase, Phase::Aborted);
+}
+
+#[test]
+fn restart_resumes_the_same_step_without_a_weight_jump() {
+    let s = Setup::new();
+    {
+        let mut r = s.runner();
+        r.start().expect("start");
+        tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+            st.phase == Phase::Canary { step: 1 }
+        });
+        // Dropped without finish(), like a crash: only what was persisted survives.
+    }
+    let before: RolloutState = s.store().load().expect("load").expect("saved");
+    assert_eq!(before.phase, Phase::Canary { step: 1 });
+    let written_before = s.written();
+    assert_eq!(written_before.weight_bps(1), Some(5000));
+
+    let mut r = s.runner();
+    assert_eq!(r.state().phase, Phase::Canary { step: 1 });
+    r.start().expect("restart");
+    assert_eq!(
+        s.written(),
+        written_before,
+        "the restart re-asserts the same config"
+    );
+    assert_eq!(r.state().canary_bps, 5000);
+    let restart = r.state().decisions.last().expect("decision");
+    assert!(restart.reason.contains("restarted"), "{restart:?}");
+    tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+        st.phase.is_terminal()
+    });
+    assert_eq!(r.state().phase, Phase::Promoted);
+    let bps: Vec<u32> = r.state().timeline.iter().map(|p| p.canary_bps).collect();
+    assert_eq!(bps, vec![1000, 5000, 10_000], "no step repeated or skipped");
+}
+
+#[test]
+fn a_second_driver_is_refused() {
+    let s = Setup::new();
+    let _first = s.runner();
+    let err = s
+        .runner_with(spec(s.dir.path(), ""), Vec::new())
+        .err()
+        .expect("second driver refused");
+    assert!(err.to_string().contains("another driver"), "{err}");
+    assert!(s.store().is_locked());
+}
+
+#[test]
+fn state_of_another_rollout_is_refused() {
+    let s = Setup::new();
+    s.runner().start().expect("start");
+    let other = RolloutSpec::parse(&spec_text(s.dir.path(), "").replace("recsys-v2", "other"))
+        .expect("spec");
+    let err = s.runner_with(other, Vec::new()).err().expect("refused");
+    assert!(err.to_string().contains("recsys-v2"), "{err}");
+}
+
+#[test]
+fn failed_sink_writes_are_retried_until_they_land() {
+    let s = Setup::new();
+    let mut r = s.runner();
+    r.start().expect("start");
+    tick_until(&mut r, &s.clock, Duration::from_secs(30), |st| {
+        matches!(st.phase, Phase::Canary { .. })
+    });
+    // Make the sink fail: its path becomes a directory.
+    std::fs::remove_file(s.plugin_path()).expect("rm");
+    std::fs::create_dir(s.plugin_path()).expect("mkdir");
+    let abort = s
+        .store()
+        .submit(Command::Abort { reason: None })
+        .expect("submit");
+    r.tick().expect("tick");
+    let ack = s
+        .store()
+        .wait_ack(&abort.id, Duration::ZERO)
+        .expect("read")
+        .expect("ack");
+    assert!(ack.accepted);
+    for _ in 0..5 {
+        r.tick().expect("tick");
+    }
+    assert!(s.plugin_path().is_dir(), "still failing");
+    std::fs::remove_dir(s.plugin_path()).expect("rmdir");
+    // The rollout has ended, but the runner keeps retrying the rollback write.
+    for _ in 0..200 {
+        if s.plugin_path().is_file() {
+            break;
+        }
+        r.tick().expect("tick");
+    }
+    assert_eq!(s.written().kill_switch.as_deref(), Some("stable"));
+    let writes: Vec<_> = s
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            RunnerEvent::Write(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert!(writes.iter().any(|w| !w.errors.is_empty()));
+    assert!(writes
+        .iter()
+        .any(|w| w.trigger == "retry" && w.errors.is_empty()));
+}
+
+#[test]
+fn confirmation_gates_wait_for_approval() {
+    let s = Setup::new();
+    let hooks = "  webhooks:\n  - {name: approve, url: \"http://127.0.0.1:9/\", events: [confirm-promotion]}\n";
+    let asked = Arc::new(AtomicU64::new(0));
+    let approver: Arc<dyn Approver> = Arc::new(FixedApprover(Approval::Pending, asked.clone()));
+    let mut r = s
+        .runner_with(spec(s.dir.path(), hooks), vec![approver])
+        .expect("runner");
+    r.start().expect("start");
+    tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+        st.awaiting.is_some()
+    });
+    // Pending answers keep the canary at the last step.
+    for _ in 0..200 {
+        r.tick().expect("tick");
+    }
+    assert!(asked.load(Ordering::SeqCst) >= 1);
+    assert_eq!(r.state().phase, Phase::Canary { step: 1 });
+    drop(r);
+
+    let approver: Arc<dyn Approver> = Arc::new(FixedApprover(Approval::Approved, asked.clone()));
+    let r = s
+        .runner_with(spec(s.dir.path(), hooks), vec![approver])
+        .expect("runner");
+    assert_eq!(r.run().expect("run"), Some(Outcome::Promoted));
+}
