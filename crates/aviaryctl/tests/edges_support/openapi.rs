@@ -109,6 +109,19 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Whether `v` passes a `oneOf`/`anyOf`/`not` branch. Branches of a structural schema only
+/// validate values; they never prune fields, so unknown fields are not errors there.
+fn value_valid(branch: &Value, v: &Value, path: &str) -> bool {
+    let mut branch = branch.clone();
+    if let Some(o) = branch.as_object_mut() {
+        o.entry("x-kubernetes-preserve-unknown-fields")
+            .or_insert(Value::Bool(true));
+    }
+    let mut sub = Vec::new();
+    validate(&branch, v, path, &mut sub);
+    sub.is_empty()
+}
+
 /// Validates `v` at `path` against `schema`, appending problems to `errs`.
 pub fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<String>) {
     let at = if path.is_empty() { "<root>" } else { path };
@@ -123,11 +136,7 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<String>) {
         if let Some(alts) = schema[key].as_array() {
             let passing = alts
                 .iter()
-                .filter(|alt| {
-                    let mut sub = Vec::new();
-                    validate(alt, v, path, &mut sub);
-                    sub.is_empty()
-                })
+                .filter(|alt| value_valid(alt, v, path))
                 .count();
             let ok = if key == "oneOf" {
                 passing == 1
@@ -137,6 +146,11 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<String>) {
             if !ok {
                 errs.push(format!("{at}: matches {passing} of the {key} alternatives"));
             }
+        }
+    }
+    if let Some(not) = schema.get("not") {
+        if value_valid(not, v, path) {
+            errs.push(format!("{at}: matches a schema it must not match"));
         }
     }
     if schema["x-kubernetes-int-or-string"] == true {
