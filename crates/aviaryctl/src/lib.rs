@@ -15,3 +15,4 @@ pub mod step;
 pub mod webhook;
 pub mod runner;
 pub mod clock;
+pub mod demo;

@@ -1,0 +1,498 @@
+//! The one-command demo: real Envoy with the Aviary plugin over ECDS, two simulated model
+//! servers, keyed traffic and a webhook receiver, then two real rollouts through the same
+//! runner `aviaryctl run` uses: a good v2 that is promoted step by step, and a bad v2 (more
+//! errors, slower, shifted predictions) that is rolled back automatically.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use aviary_sim::{
+    run_load, EnvoyBuilder, EnvoyProcess, Latency, LatencyTail, LoadConfig, ModelServer,
+    ModelServerConfig, ScoreDistribution,
+};
+use serde::Serialize;
+
+use crate::clock::SystemClock;
+use crate::error::Error;
+use crate::runner::{Components, LogMode, Runner, RunnerOptions};
+use crate::sink::sinks_for;
+use crate::spec::RolloutSpec;
+use crate::state::StateStore;
+use crate::step::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Driver(#[from] Error),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '_ {
+    move |e| DemoError::Setup(format!("{what}: {e}"))
+}
+
+/// Knobs of a demo run; `quick()` is the shortened version the end-to-end test runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub out: PathBuf,
+    pub wasm: PathBuf,
+    /// `envoy/aviary-ecds.yaml` of the repository.
+    pub envoy_config: PathBuf,
+    pub envoy_binary: Option<PathBuf>,
+    pub interval: Duration,
+    pub shadow: Duration,
+    pub rate: f64,
+    pub log: LogMode,
+}
+
+impl DemoOptions {
+    pub fn new(root: &Path, out: PathBuf) -> DemoOptions {
+        DemoOptions {
+            out,
+            wasm: root.join("target/wasm32-wasip1/release/aviary.wasm"),
+            envoy_config: root.join("envoy/aviary-ecds.yaml"),
+            envoy_binary: None,
+            interval: Duration::from_secs(6),
+            shadow: Duration::from_secs(5),
+            rate: 400.0,
+            log: LogMode::detect(),
+        }
+    }
+
+    pub fn quick(mut self) -> DemoOptions {
+        self.interval = Duration::from_secs(3);
+        self.shadow = Duration::from_secs(2);
+        self.log = LogMode::Quiet;
+        self
+    }
+}
+
+/// What one rollout of the demo did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoRollout {
+    pub name: String,
+    pub outcome: Option<String>,
+    pub seconds: f64,
+    pub report_dir: PathBuf,
+    pub notifications: Vec<String>,
+    pub client_errors: u64,
+    pub client_requests: u64,
+}
+
+const STABLE_SEED: u64 = 42;
+
+fn stable_model() -> ModelServerConfig {
+    ModelServerConfig {
+        seed: STABLE_SEED,
+        error_rate: 0.002,
+        latency: Latency {
+            base_ms: 4.0,
+            tail: LatencyTail::Exponential { mean_ms: 2.0 },
+        },
+        score: ScoreDistribution::Beta { a: 8.0, b: 2.0 },
+        ..ModelServerConfig::new("v1")
+    }
+}
+
+/// The candidate: same inputs give the same labels as the baseline except `disagree_rate`.
+fn candidate(good: bool) -> ModelServerConfig {
+    let base = ModelServerConfig {
+        version: "v2".into(),
+        disagree_rate: 0.01,
+        ..stable_model()
+    };
+    if good {
+        base
+    } else {
+        ModelServerConfig {
+            error_rate: 0.06,
+            latency: Latency {
+                base_ms: 25.0,
+                tail: LatencyTail::Exponential { mean_ms: 10.0 },
+            },
+            score: ScoreDistribution::Beta { a: 4.0, b: 4.0 },
+            ..base
+        }
+    }
+}
+
+fn rollout_yaml(
+    name: &str,
+    o: &DemoOptions,
+    dir: &Path,
+    ecds: &Path,
+    admin: &str,
+    hook: &str,
+) -> String {
+    let secs = |d: Duration| format!("{}ms", d.as_millis());
+    format!(
+        r#"apiVersion: aviary.dev/v1
+kind: Rollout
+metadata:
+  name: {name}
+spec:
+  baseline: stable
+  canary: canary
+  config:
+    ecdsFile: {ecds}
+    filterName: aviary
+    wasmFile: {wasm}
+    pluginConfig:
+      service: recsys
+      versions:
+      - {{name: stable, weight: 10000}}
+      - {{name: canary, weight: 0}}
+      sticky:
+        keys: [{{header: x-user-id}}]
+      shadow:
+        targets: [{{version: canary, cluster: canary}}]
+        share: 10000
+        timeoutMs: 2000
+        compare: {{labelPointer: /prediction/label, scorePointer: /prediction/score}}
+      scores:
+        pointer: /prediction/score
+        bounds: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+  metrics:
+    envoyAdmin: ["{admin}"]
+  analysis:
+    interval: {interval}
+    fastInterval: 500ms
+    threshold: 2
+    maxHold: 60s
+    minSamples: 80
+    stepWeights: [5, 25, 50, 100]
+    shadow:
+      duration: {shadow}
+      minComparisons: 300
+      minAgreement: 0.95
+    gates:
+      errorRate: {{max: 0.03, maxRelative: 3}}
+      latency:
+        p95: {{maxMs: 200, maxRegression: 2.0}}
+      drift: {{metric: psi, max: 0.25}}
+      shadowAgreement: {{min: 0.95}}
+  webhooks:
+  - name: demo-receiver
+    url: {hook}
+    timeout: 2s
+    retries: 2
+  reportDir: {report}
+"#,
+        ecds = ecds.display(),
+        wasm = o.wasm.display(),
+        interval = secs(o.interval),
+        shadow = secs(o.shadow),
+        report = dir.join("report").display(),
+    )
+}
+
+/// A webhook receiver on loopback that records every JSON payload it is sent.
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(log: Option<PathBuf>, echo: bool) -> Result<Receiver, DemoError> {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(setup("webhook receiver"))?;
+        listener.set_nonblocking(true).map_err(setup("webhook receiver"))?;
+        let url = format!(
+            "http://{}/hook",
+            listener.local_addr().map_err(setup("webhook receiver"))?
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        if let Some(body) = serve_one(conn) {
+                            if echo {
+                                println!("  webhook <- {}", summarize(&body));
+                            }
+                            if let Some(p) = &log {
+                                if let Ok(mut f) =
+                                    std::fs::OpenOptions::new().create(true).append(true).open(p)
+                                {
+                                    let _ = writeln!(f, "{body}");
+                                }
+                            }
+                            if let Ok(mut v) = s.lock() {
+                                v.push(body);
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Receiver {
+            url,
+            seen,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    fn take(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn summarize(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let event = v["event"].as_str().unwrap_or("?");
+    let msg = v["message"]
+        .as_str()
+        .or_else(|| v["reason"].as_str())
+        .unwrap_or("");
+    format!("{event}: {msg}")
+}
+
+fn serve_one(conn: TcpStream) -> Option<String> {
+    conn.set_nonblocking(false).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut reader = BufReader::new(conn.try_clone().ok()?);
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; len.min(1 << 20)];
+    reader.read_exact(&mut body).ok()?;
+    let mut w = conn;
+    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    String::from_utf8(body).ok()
+}
+
+/// Keyed traffic in bounded 1-second runs until stopped, tallying what the client saw.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl Traffic {
+    fn start(url: String, rate: f64) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut total, mut errors) = (0, 0);
+            let mut round = 0;
+            while !st.load(Ordering::SeqCst) {
+                let mut cfg = LoadConfig::duration(&url, Duration::from_secs(1));
+                cfg.rate = Some(rate);
+                cfg.connections = 8;
+                cfg.users = 20_000;
+                cfg.seed = round;
+                cfg.input_header = Some("x-input-id".into());
+                round += 1;
+                match run_load(&cfg) {
+                    Ok(r) => {
+                        total += r.summary.total;
+                        errors += r.summary.errors;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            (total, errors)
+        });
+        Traffic {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or((0, 0))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn start_envoy(
+    o: &DemoOptions,
+    stable: &ModelServer,
+    canary: &ModelServer,
+    ecds: &Path,
+) -> Result<(EnvoyProcess, String), DemoError> {
+    let template = std::fs::read_to_string(&o.envoy_config)
+        .map_err(setup("reading the Envoy config"))?
+        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 8081", "port_value: {{STABLE_PORT}}")
+        .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
+        .replace("path: envoy/aviary-ecds-config.yaml", "path: {{ECDS}}");
+    let mut b = EnvoyBuilder::new(template)
+        .var("STABLE_PORT", stable.port())
+        .var("CANARY_PORT", canary.port())
+        .path_var("ECDS", ecds)
+        .concurrency(2);
+    if let Some(bin) = &o.envoy_binary {
+        b = b.binary(bin);
+    }
+    let envoy = b.start().map_err(setup("starting Envoy"))?;
+    let port = envoy
+        .listener_port("ingress")
+        .map_err(setup("Envoy listener"))?;
+    Ok((envoy, format!("http://127.0.0.1:{port}/predict")))
+}
+
+/// Runs both rollouts and writes everything under `o.out`.
+pub fn run(o: &DemoOptions) -> Result<Vec<DemoRollout>, DemoError> {
+    let say = |s: &str| {
+        if o.log != LogMode::Quiet {
+            println!("{s}");
+        }
+    };
+    if !o.wasm.is_file() {
+        return Err(DemoError::Setup(format!(
+            "{} is missing; run `make build`",
+            o.wasm.display()
+        )));
+    }
+    if o.out.exists() {
+        std::fs::remove_dir_all(&o.out).map_err(setup("clearing the output directory"))?;
+    }
+    std::fs::create_dir_all(&o.out).map_err(setup("creating the output directory"))?;
+    let out = o.out.canonicalize().map_err(setup("output directory"))?;
+
+    let stable = ModelServer::spawn(stable_model()).map_err(setup("stable model server"))?;
+    let canary = ModelServer::spawn(candidate(true)).map_err(setup("canary model server"))?;
+    let hooks = Receiver::start(Some(out.join("notifications.jsonl")), o.log != LogMode::Quiet)?;
+
+    // Envoy needs the ECDS file before it starts: write the first rollout's start config.
+    let first_dir = out.join("good-v2");
+    std::fs::create_dir_all(&first_dir).map_err(setup("rollout directory"))?;
+    let ecds = out.join("ecds.yaml");
+    let placeholder = rollout_yaml(
+        "good-v2",
+        o,
+        &first_dir,
+        &ecds,
+        "http://127.0.0.1:1",
+        &hooks.url,
+    );
+    let spec: RolloutSpec = serde_yaml::from_str(&placeholder).map_err(Error::from)?;
+    for sink in sinks_for(&spec)? {
+        sink.write(&spec.render_config(0, false, false))?;
+    }
+    let (envoy, url) = start_envoy(o, &stable, &canary, &ecds)?;
+    say(&format!(
+        "Envoy {} (admin {}) routes {url} to stable :{} and canary :{}",
+        envoy.pid().unwrap_or(0),
+        envoy.admin_url(),
+        stable.port(),
+        canary.port()
+    ));
+
+    let mut results = Vec::new();
+    for (name, good) in [("good-v2", true), ("bad-v2", false)] {
+        canary
+            .update(|c| *c = ModelServerConfig { port: c.port, ..candidate(good) })
+            .map_err(setup("reconfiguring the canary model"))?;
+        let dir = out.join(name);
+        std::fs::create_dir_all(&dir).map_err(setup("rollout directory"))?;
+        let yaml = rollout_yaml(name, o, &dir, &ecds, envoy.admin_url(), &hooks.url);
+        std::fs::write(dir.join("rollout.yaml"), &yaml).map_err(setup("writing rollout.yaml"))?;
+        let spec: RolloutSpec = serde_yaml::from_str(&yaml).map_err(Error::from)?;
+        let errs = spec.validate();
+        if !errs.is_empty() {
+            return Err(Error::from(errs).into());
+        }
+        say(&format!(
+            "\n== rollout {name}: {} ==",
+            if good {
+                "v2 as good as v1"
+            } else {
+                "v2 with 6% errors, 5x slower, shifted scores"
+            }
+        ));
+        let traffic = Traffic::start(url.clone(), o.rate);
+        let t0 = Instant::now();
+        let components = Components::from_spec(&spec)?;
+        let runner = Runner::new(
+            spec,
+            StateStore::in_dir(dir.join("state"))?,
+            components,
+            Arc::new(SystemClock),
+            RunnerOptions {
+                log: o.log,
+                report_dir: Some(dir.join("report")),
+                ..RunnerOptions::default()
+            },
+        )?;
+        let outcome = runner.run()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let (client_requests, client_errors) = traffic.finish();
+        // Webhooks are delivered in the background; give the last ones a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        let notifications = hooks.take();
+        let outcome = outcome.map(|o| match o {
+            Outcome::Promoted => "promoted".to_string(),
+            Outcome::RolledBack => "rolled back".to_string(),
+            Outcome::Aborted => "aborted".to_string(),
+        });
+        say(&format!(
+            "== {name}: {} after {seconds:.1} s; {client_requests} client requests, {client_errors} transport errors; reports in {}",
+            outcome.as_deref().unwrap_or("stopped"),
+            dir.join("report").display()
+        ));
+        results.push(DemoRollout {
+            name: name.into(),
+            outcome,
+            seconds,
+            report_dir: dir.join("report"),
+            notifications,
+            client_errors,
+            client_requests,
+        });
+    }
+    let summary = serde_json::to_string_pretty(&results).map_err(Error::from)?;
+    std::fs::write(out.join("demo-summary.json"), summary).map_err(setup("writing the summary"))?;
+    say(&format!(
+        "\nReports: {0}/good-v2/report and {0}/bad-v2/report (report.md, report.json, report.svg); webhooks in {0}/notifications.jsonl",
+        out.display()
+    ));
+    drop(envoy);
+    Ok(results)
+}
