@@ -62,7 +62,7 @@ lint:
 
 ## demo: two real rollouts (good v2 promoted, bad v2 rolled back) through real Envoy
 demo: build envoy
-	$(CARGO) run --release -p aviaryctl -- demo --out out/demo
+	$(CARGO) run -p aviaryctl -- demo --out out/demo
 
 clean:
 	$(CARGO) clean

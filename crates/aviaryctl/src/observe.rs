@@ -24,10 +24,12 @@ pub struct VersionMetrics {
     pub responses: BTreeMap<String, u64>,
     /// `aviary_request_duration_ms` cumulative buckets: (upper bound ms, cumulative count),
     /// ascending, the last being +Inf.
+    #[serde(with = "bounds")]
     pub latency_buckets: Vec<(f64, u64)>,
     pub latency_count: u64,
     pub latency_sum: f64,
     /// `aviary_score_bin_total` by bin upper bound (non-cumulative), ascending, last +Inf.
+    #[serde(with = "bounds")]
     pub score_bins: Vec<(f64, u64)>,
     /// Shadow comparison counters for this version as a *shadow* target.
     pub shadow_agree: u64,
@@ -36,4 +38,60 @@ pub struct VersionMetrics {
     pub shadow_uncompared: BTreeMap<String, u64>,
     /// `aviary_weight_bps` gauge: the weight Envoy is applying now.
     pub weight_bps: Option<u64>,
+}
+
+/// Bucket bounds in JSON: numbers, with the infinite last bound as `"+Inf"` (JSON has no
+/// infinity, and `null` would not read back).
+mod bounds {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Bound {
+        Finite(f64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(v: &[(f64, u64)], s: S) -> Result<S::Ok, S::Error> {
+        let out: Vec<(Bound, u64)> = v
+            .iter()
+            .map(|(b, n)| {
+                let b = if b.is_finite() {
+                    Bound::Finite(*b)
+                } else {
+                    Bound::Text(if *b > 0.0 { "+Inf" } else { "-Inf" }.into())
+                };
+                (b, *n)
+            })
+            .collect();
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, u64)>, D::Error> {
+        let raw: Vec<(Bound, u64)> = Vec::deserialize(d)?;
+        raw.into_iter()
+            .map(|(b, n)| match b {
+                Bound::Finite(f) => Ok((f, n)),
+                Bound::Text(t) if t == "+Inf" => Ok((f64::INFINITY, n)),
+                Bound::Text(t) if t == "-Inf" => Ok((f64::NEG_INFINITY, n)),
+                Bound::Text(t) => Err(serde::de::Error::custom(format!("bad bucket bound {t:?}"))),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infinite_bounds_round_trip_through_json() {
+        let mut v = VersionMetrics::default();
+        v.latency_buckets = vec![(5.0, 1), (f64::INFINITY, 3)];
+        v.score_bins = vec![(0.5, 2), (f64::INFINITY, 0)];
+        let json = serde_json::to_string(&v).unwrap_or_default();
+        assert!(json.contains("\"+Inf\""), "{json}");
+        let back: VersionMetrics = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(back, v);
+    }
 }

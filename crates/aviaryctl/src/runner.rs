@@ -198,9 +198,12 @@ pub struct WriteRecord {
     pub decide_us: u64,
     /// Time writing all sinks durably, microseconds.
     pub write_us: u64,
-    /// From the trigger (metrics read returned, command read) to the last sink write done.
+    /// From the trigger (metrics read returned, command read) to the last sink write durable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_to_write_us: Option<u64>,
+    /// From the trigger to the first sink's new file being in place (what the proxy acts on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_to_visible_us: Option<u64>,
     /// Low 48 bits of the written config's digest, when a sink knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest48: Option<u64>,
@@ -465,7 +468,16 @@ impl Runner {
                 }
             }
             Pump::Background { rx, .. } => match rx.recv_timeout(self.opts.tick) {
-                Ok(r) => Some(r),
+                // Counters are cumulative, so if reads queued up while the loop was busy only
+                // the newest matters: the step sees the same totals, sooner.
+                Ok(mut r) => {
+                    while let Ok(newer) = rx.try_recv() {
+                        if newer.0.is_ok() || r.0.is_err() {
+                            r = newer;
+                        }
+                    }
+                    Some(r)
+                }
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::Invalid("the metrics reader thread stopped".into()))
@@ -617,6 +629,9 @@ impl Runner {
         self.state = state;
         let mut handled = Handled::default();
         let mut persist_failed = false;
+        // A batch that only records an observation need not reach the platter; anything that
+        // changes traffic, ends the rollout or talks to people does.
+        let durable = actions.iter().any(|a| !matches!(a, Action::Persist));
         for action in actions {
             match action {
                 Action::WriteConfig(w) => {
@@ -637,7 +652,7 @@ impl Runner {
                     handled.write_us = Some(rec.write_us);
                 }
                 Action::Persist => {
-                    if let Err(e) = self.store.save(&self.state) {
+                    if let Err(e) = self.store.save_with(&self.state, durable) {
                         persist_failed = true;
                         self.persist_pending = true;
                         self.log(
@@ -710,6 +725,11 @@ impl Runner {
             trigger_to_write_us: trigger
                 .at()
                 .map(|t| micros(done.saturating_duration_since(t))),
+            trigger_to_visible_us: trigger.at().and_then(|t| {
+                let first = receipts.first()?;
+                let visible = w0 + Duration::from_micros(first.visible_us);
+                Some(micros(visible.saturating_duration_since(t)))
+            }),
             digest48,
             receipts,
             errors,

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::spec::RolloutSpec;
-use crate::state::write_atomic;
+use crate::state::{replace_file, Durability};
 
 /// Mask of the digest bits the plugin exports in the `aviary_config_digest` gauge (Envoy
 /// gauges are integers that Prometheus reads as doubles, exact only to 2^53).
@@ -30,7 +30,9 @@ pub struct WriteReceipt {
     pub target: String,
     /// Bytes written.
     pub bytes: usize,
-    /// Time spent validating, rendering and writing (durably).
+    /// From the start of the write until the new file was in place for readers.
+    pub visible_us: u64,
+    /// Time spent validating, rendering and writing, until durable on disk.
     pub elapsed_us: u64,
 }
 
@@ -59,6 +61,17 @@ pub fn validated_json(cfg: &PluginConfig) -> Result<String, Error> {
     }
     parse_and_compile(raw.as_bytes())?;
     Ok(raw)
+}
+
+/// Replaces a sink file: visible at once, durable right after. The proxy acts on the rename,
+/// so fsync must not stand between a rollback decision and the proxy (this disk has shown
+/// 100–300 ms fsync stalls under load). A power loss between the rename and the fsync is
+/// repaired by the driver, which re-asserts the config when it starts.
+fn publish(path: &Path, bytes: &[u8], started: Instant) -> Result<Duration, Error> {
+    let before = started.elapsed();
+    replace_file(path, bytes, Durability::VisibleFirst)
+        .map(|visible| before + visible)
+        .map_err(|e| sink_error(path, e))
 }
 
 fn micros(d: Duration) -> u64 {
@@ -163,11 +176,12 @@ impl ConfigSink for EcdsFileSink {
             sink_error(&self.path, format_args!("rendering the ECDS resource: {e}"))
         })?;
         text.push('\n');
-        write_atomic(&self.path, text.as_bytes()).map_err(|e| sink_error(&self.path, e))?;
+        let visible = publish(&self.path, text.as_bytes(), started)?;
         Ok(WriteReceipt {
             digest: Some(digest(raw.as_bytes())),
             target: self.path.display().to_string(),
             bytes: text.len(),
+            visible_us: micros(visible),
             elapsed_us: micros(started.elapsed()),
         })
     }
@@ -198,11 +212,12 @@ impl ConfigSink for JsonFileSink {
     fn write(&self, cfg: &PluginConfig) -> Result<WriteReceipt, Error> {
         let started = Instant::now();
         let raw = validated_json(cfg)?;
-        write_atomic(&self.path, raw.as_bytes()).map_err(|e| sink_error(&self.path, e))?;
+        let visible = publish(&self.path, raw.as_bytes(), started)?;
         Ok(WriteReceipt {
             digest: Some(digest(raw.as_bytes())),
             target: self.path.display().to_string(),
             bytes: raw.len(),
+            visible_us: micros(visible),
             elapsed_us: micros(started.elapsed()),
         })
     }
@@ -395,9 +410,10 @@ impl ConfigSink for IstioWasmPluginSink {
     fn write(&self, cfg: &PluginConfig) -> Result<WriteReceipt, Error> {
         let started = Instant::now();
         let text = self.render(cfg)?;
+        let mut visible = Duration::ZERO;
         let target = match &self.output {
             ManifestOutput::File(path) => {
-                write_atomic(path, text.as_bytes()).map_err(|e| sink_error(path, e))?;
+                visible = publish(path, text.as_bytes(), started)?;
                 path.display().to_string()
             }
             ManifestOutput::Stdout => {
@@ -409,11 +425,13 @@ impl ConfigSink for IstioWasmPluginSink {
                 "stdout".to_string()
             }
         };
+        let elapsed = started.elapsed();
         Ok(WriteReceipt {
             digest: None,
             target,
             bytes: text.len(),
-            elapsed_us: micros(started.elapsed()),
+            visible_us: micros(if visible.is_zero() { elapsed } else { visible }),
+            elapsed_us: micros(elapsed),
         })
     }
 

@@ -970,14 +970,19 @@ impl RolloutSpec {
                 ),
             );
         }
-        if self.schedule_bps().is_empty() && self.pool_bps() > 0 && self.step_weights_ok() {
+        // An empty list is reported by the schedule checks; here the list only held 100%.
+        let listed = s
+            .analysis
+            .step_weights
+            .as_ref()
+            .is_none_or(|w| !w.is_empty());
+        if self.schedule_bps().is_empty() && self.pool_bps() > 0 && listed {
             err(
                 "spec.analysis.stepWeights",
                 "the schedule has no step below 100%; list at least one weight to bake".into(),
             );
         }
-        if let Some(sh) = &s.analysis.shadow {
-            let _ = sh;
+        if s.analysis.shadow.is_some() {
             let has_target = pc
                 .shadow
                 .as_ref()
@@ -1003,14 +1008,6 @@ impl RolloutSpec {
                 "spec.analysis.gates.drift",
                 "needs pluginConfig.scores so the plugin exports score histograms".into(),
             );
-        }
-    }
-
-    fn step_weights_ok(&self) -> bool {
-        let a = &self.spec.analysis;
-        match &a.step_weights {
-            Some(w) => !w.is_empty(),
-            None => true,
         }
     }
 

@@ -34,10 +34,31 @@ pub const STATE_FILE: &str = "state.json";
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// How far [`replace_file`] goes to make a replacement survive a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Atomic rename only: survives a crash of this process (the page cache outlives it),
+    /// not a power loss.
+    Atomic,
+    /// fsync the data, rename, fsync the directory: the classic durable replace.
+    Durable,
+    /// Rename first, then fsync the data and the directory. Readers (Envoy's file watch) see
+    /// the new content as soon as it is renamed, so a stalled disk cannot delay a rollback;
+    /// durability follows a moment later.
+    VisibleFirst,
+}
+
 /// Replaces `path` with `bytes` atomically and durably: a temp file in the same directory is
 /// written and fsynced, renamed over `path`, and the directory is fsynced so the rename itself
 /// survives a power loss.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, Durability::Durable).map(|_| ())
+}
+
+/// Replaces `path` with `bytes` through a temp file in the same directory and a rename, never
+/// leaving a torn file. Returns the time from the call until the new content was in place.
+pub fn replace_file(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<Duration> {
+    let started = std::time::Instant::now();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -51,22 +72,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id(),
         TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
+    let sync_dir = || {
         // Directory fsync is what makes the rename durable; not all filesystems support it.
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }
-        Ok(())
+    };
+    let mut f = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+        Ok(f) => f,
+        Err(e) => return Err(e),
+    };
+    let result = (|| {
+        f.write_all(bytes)?;
+        if durability == Durability::Durable {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, path)?;
+        Ok(started.elapsed())
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(visible) => {
+            match durability {
+                Durability::Atomic => {}
+                Durability::Durable => sync_dir(),
+                Durability::VisibleFirst => {
+                    f.sync_all()?;
+                    sync_dir();
+                }
+            }
+            Ok(visible)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
@@ -275,11 +315,25 @@ impl StateStore {
 
     /// Saves the state atomically and durably.
     pub fn save<T: Serialize>(&self, state: &T) -> Result<(), Error> {
+        self.save_with(state, true)
+    }
+
+    /// Saves the state atomically; durably (fsync) only with `durable`. The runner saves
+    /// routine observations without fsync, so the disk never paces its loop, and every
+    /// decision that changes traffic with it.
+    pub fn save_with<T: Serialize>(&self, state: &T, durable: bool) -> Result<(), Error> {
         let path = self.state_path();
         let mut bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| state_error(&self.dir, format!("serializing the state: {e}")))?;
         bytes.push(b'\n');
-        write_atomic(&path, &bytes).map_err(|e| io_error("writing", &path, e))
+        let durability = if durable {
+            Durability::Durable
+        } else {
+            Durability::Atomic
+        };
+        replace_file(&path, &bytes, durability)
+            .map(|_| ())
+            .map_err(|e| io_error("writing", &path, e))
     }
 
     /// Appends one JSON line to the event log.

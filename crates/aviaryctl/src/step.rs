@@ -527,9 +527,20 @@ impl Driver<'_> {
             } else {
                 let reason = "rollout started";
                 self.record(DecisionKind::Start, reason, Vec::new());
-                self.actions.push(Action::Persist);
-                self.notify(Event::Start, reason, &[]);
                 self.request_advance(Some(0), reason, Vec::new());
+                let at = self
+                    .actions
+                    .iter()
+                    .position(|a| matches!(a, Action::Notify(_) | Action::AskConfirmation(_)))
+                    .unwrap_or(self.actions.len());
+                let payload = self.payload(Event::Start, reason, &[]);
+                self.actions.insert(
+                    at,
+                    Action::Notify(Notification {
+                        event: Event::Start,
+                        payload,
+                    }),
+                );
             }
             return;
         }
@@ -714,6 +725,7 @@ impl Driver<'_> {
             }
         }
         self.s.last = Some(snap.clone());
+        self.s.last_source_error = None;
         if self.s.window_start.is_none() {
             self.s.window_start = Some(snap.clone());
         }

@@ -259,11 +259,15 @@ impl Probe {
             while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
                 let req = aviary_sim::HttpRequest::get(&u.path).header("x-user-id", user.as_str());
                 match conn.send(&req) {
-                    Ok(r) => out.push((
-                        Instant::now(),
-                        r.header("x-aviary-served-by").map(str::to_string),
-                        r.status,
-                    )),
+                    Ok(r) => {
+                        out.push((
+                            Instant::now(),
+                            r.header("x-aviary-served-by").map(str::to_string),
+                            r.status,
+                        ));
+                        // About 500 probes a second: 2 ms resolution without hogging a core.
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     Err(_) => {
                         conn = aviary_sim::HttpConnection::connect(
                             u.addr,
