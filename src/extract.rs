@@ -11,6 +11,17 @@ pub enum Unusable {
 }
 
 impl Unusable {
+    pub const ALL: [Unusable; 3] = [
+        Unusable::NonJson,
+        Unusable::FieldMissing,
+        Unusable::BodyTooLarge,
+    ];
+
+    /// Position in `ALL`, used for metric ids.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Unusable::NonJson => "non_json",

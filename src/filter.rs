@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use crate::cidr::parse_socket_ip;
 use crate::config::{Compiled, ConfigError, BUCKETS};
-use crate::extract::{self, BodyBuffer, Fields};
+use crate::extract::{self, BodyBuffer, Fields, Unusable};
 use crate::hash::SplitMix64;
 use crate::host::{Body, Host, LogLevel, MetricKind};
 use crate::matcher::RequestView;
@@ -190,11 +190,6 @@ fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigEr
             })
             .collect::<Result<Vec<u32>, ConfigError>>()
     };
-    let arr = |v: Vec<u32>| -> [u32; 8] {
-        let mut a = [0; 8];
-        a[..v.len()].copy_from_slice(&v);
-        a
-    };
     use MetricKind::{Counter, Gauge, Histogram};
     let mut ids = MetricIds {
         override_rejected: define(Counter, metrics::OVERRIDE_REJECTED, &[("service", svc)])?,
@@ -212,31 +207,35 @@ fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigEr
         })
         .unwrap_or_default();
     let bins: Vec<&str> = bins.iter().map(String::as_str).collect();
-    let skip_reasons = ["non_json", "field_missing", "body_too_large"];
+    let skip_reasons = Unusable::ALL.map(Unusable::label);
     for v in &cfg.versions {
         let labels = [("service", svc), ("version", v.name.as_str())];
-        let req = per(Counter, metrics::REQUESTS, &labels, "reason", &Reason::ALL)?;
-        let resp = per(Counter, metrics::RESPONSES, &labels, "class", &CLASSES)?;
-        let (r, c) = (arr(req), arr(resp));
-        ids.requests.push([r[0], r[1], r[2], r[3], r[4]]);
-        ids.responses
-            .push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
+        let ids_for = |kind, base, key, values: &[&str]| per(kind, base, &labels, key, values);
+        ids.requests.push(fixed(ids_for(
+            Counter,
+            metrics::REQUESTS,
+            "reason",
+            &Reason::ALL,
+        )?));
+        ids.responses.push(fixed(ids_for(
+            Counter,
+            metrics::RESPONSES,
+            "class",
+            &CLASSES,
+        )?));
         ids.duration
             .push(define(Histogram, metrics::DURATION, &labels)?);
         ids.score_bins
-            .push(per(Counter, metrics::SCORE_BINS, &labels, "bin", &bins)?);
-        let sk = if cfg.scores.is_some() {
-            arr(per(
+            .push(ids_for(Counter, metrics::SCORE_BINS, "bin", &bins)?);
+        ids.score_skipped.push(match cfg.scores {
+            Some(_) => fixed(ids_for(
                 Counter,
                 metrics::SCORE_SKIPPED,
-                &labels,
                 "reason",
                 &skip_reasons,
-            )?)
-        } else {
-            [0; 8]
-        };
-        ids.score_skipped.push([sk[0], sk[1], sk[2]]);
+            )?),
+            None => [0; 3],
+        });
         let weight = define(Gauge, metrics::WEIGHT, &labels)?;
         let effective = match cfg.kill_switch {
             Some(k) if cfg.versions[k].name == v.name => BUCKETS,
@@ -248,50 +247,45 @@ fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigEr
     if let Some(s) = &cfg.shadow {
         for t in &s.targets {
             let labels = [("service", svc), ("version", t.version.as_str())];
+            let ids_for = |kind, base, key, values: &[&str]| per(kind, base, &labels, key, values);
             ids.shadow_sent
                 .push(define(Counter, metrics::SHADOW_REQUESTS, &labels)?);
-            let c = arr(per(
+            ids.shadow_responses.push(fixed(ids_for(
                 Counter,
                 metrics::SHADOW_RESPONSES,
-                &labels,
                 "class",
                 &SHADOW_CLASSES,
-            )?);
-            ids.shadow_responses
-                .push([c[0], c[1], c[2], c[3], c[4], c[5], c[6]]);
-            let r = per(
+            )?));
+            ids.shadow_comparisons.push(fixed(ids_for(
                 Counter,
                 metrics::SHADOW_COMPARISONS,
-                &labels,
                 "result",
                 &RESULTS,
-            )?;
-            ids.shadow_comparisons.push([r[0], r[1], r[2]]);
-            let u = per(
+            )?));
+            ids.shadow_uncompared.push(fixed(ids_for(
                 Counter,
                 metrics::SHADOW_UNCOMPARED,
-                &labels,
                 "reason",
                 &UNCOMPARED,
-            )?;
-            let mut ua = [0; UNCOMPARED.len()];
-            ua.copy_from_slice(&u);
-            ids.shadow_uncompared.push(ua);
+            )?));
             ids.shadow_score_delta
                 .push(define(Histogram, metrics::SHADOW_SCORE_DELTA, &labels)?);
-            let d = per(
+            ids.shadow_latency_delta.push(fixed(ids_for(
                 Histogram,
                 metrics::SHADOW_LATENCY_DELTA,
-                &labels,
                 "direction",
                 &DIRECTIONS,
-            )?;
-            ids.shadow_latency_delta.push([d[0], d[1]]);
+            )?));
         }
     }
     let digest = define(Gauge, metrics::CONFIG_DIGEST, &[("service", svc)])?;
     host.record(digest, cfg.digest & DIGEST_GAUGE_MASK);
     Ok(ids)
+}
+
+/// Metric ids for one label per value; `per` yields exactly N of them.
+fn fixed<const N: usize>(ids: Vec<u32>) -> [u32; N] {
+    ids.try_into().unwrap_or([0; N])
 }
 
 /// The digest gauge keeps 48 bits, which a Prometheus float holds exactly.
@@ -552,7 +546,7 @@ impl Stream {
                     host.increment(active.ids.score_bins[v][bin], 1);
                 }
                 Ok(None) => {}
-                Err(u) => host.increment(active.ids.score_skipped[v][u as usize], 1),
+                Err(u) => host.increment(active.ids.score_skipped[v][u.index()], 1),
             }
         }
         if self.jobs.is_empty() {
