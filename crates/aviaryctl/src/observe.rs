@@ -86,9 +86,11 @@ mod tests {
 
     #[test]
     fn infinite_bounds_round_trip_through_json() {
-        let mut v = VersionMetrics::default();
-        v.latency_buckets = vec![(5.0, 1), (f64::INFINITY, 3)];
-        v.score_bins = vec![(0.5, 2), (f64::INFINITY, 0)];
+        let v = VersionMetrics {
+            latency_buckets: vec![(5.0, 1), (f64::INFINITY, 3)],
+            score_bins: vec![(0.5, 2), (f64::INFINITY, 0)],
+            ..VersionMetrics::default()
+        };
         let json = serde_json::to_string(&v).unwrap_or_default();
         assert!(json.contains("\"+Inf\""), "{json}");
         let back: VersionMetrics = serde_json::from_str(&json).unwrap_or_default();

@@ -1,13 +1,14 @@
 //! The I/O loop around the pure decision step.
 //!
 //! Every tick (20 ms by default) the runner drains operator commands, takes any metrics read
-//! the background reader finished (one every `poll_interval`), feeds each input to
-//! [`step`](crate::step::step) and carries out the returned actions in order: config writes
-//! go to every sink before anything else happens, the state is persisted whenever the step
-//! asks, notifications and confirmation requests run on background threads so a slow webhook
-//! never delays a rollback. After each write a watcher polls the proxies' admin endpoints
-//! until they report the new config digest, and the runner records the latencies (evaluation
-//! to durable write, write to applied) in the event log next to the state file.
+//! the background reader finished (one every `poll_interval`), feeds each input to [`step`]
+//! and carries out the returned actions in order: config writes go to every sink before
+//! anything else happens, the state is persisted whenever the step asks (with fsync whenever
+//! the batch changes traffic), notifications and confirmation requests run on background
+//! threads so a slow webhook never delays a rollback. After each write a watcher polls the
+//! proxies (admin endpoints, or Prometheus) until they report the new config digest, and the
+//! runner records the latencies (evaluation to file in place and to durable, write to
+//! applied) in the event log next to the state file.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -28,7 +29,9 @@ use crate::gates::Verdict;
 use crate::observe::Snapshot;
 use crate::report;
 use crate::sink::{sinks_for, ConfigSink, WriteReceipt};
-use crate::source::{source_for, ApplyProbe, EnvoyAdminSource, MetricsSource};
+use crate::source::{
+    prometheus_selector, source_for, ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource,
+};
 use crate::spec::{Event, RolloutSpec};
 use crate::state::{CommandAck, QueuedCommand, StateLock, StateStore};
 use crate::step::{
@@ -38,6 +41,9 @@ use crate::step::{
 use crate::webhook::{
     Approval, Approver, BackgroundNotifier, FanoutNotifier, Notifier, WebhookNotifier,
 };
+
+/// How often an unchanged metrics read error is logged again.
+const SOURCE_ERROR_EVERY: Duration = Duration::from_secs(10);
 
 /// Backoff bounds of write and persist retries.
 const RETRY_MIN_MS: u64 = 50;
@@ -87,7 +93,7 @@ impl Default for RunnerOptions {
         RunnerOptions {
             tick: Duration::from_millis(20),
             inline_source: false,
-            apply_timeout: Duration::from_secs(5),
+            apply_timeout: Duration::from_secs(30),
             log: LogMode::detect(),
             report_dir: None,
             notify_flush: Duration::from_secs(10),
@@ -133,15 +139,23 @@ impl Components {
             Some(Box::new(FanoutNotifier(all)))
         };
         let m = &spec.spec.metrics;
-        let probe: Option<Box<dyn ApplyProbe + Send>> = if m.envoy_admin.is_empty() {
-            None
-        } else {
+        // Admin endpoints answer within milliseconds of an update; Prometheus only after its
+        // next scrape, but still tells whether every proxy took the config.
+        let probe: Option<Box<dyn ApplyProbe + Send>> = if !m.envoy_admin.is_empty() {
             Some(Box::new(EnvoyAdminSource::with_timeout(
                 m.envoy_admin.iter().cloned(),
                 m.timeout
                     .as_std()
                     .clamp(Duration::from_millis(50), Duration::from_millis(500)),
             )))
+        } else {
+            m.prometheus.as_ref().map(|p| {
+                Box::new(
+                    PrometheusSource::new(&p.url)
+                        .timeout(m.timeout.as_std())
+                        .selector(prometheus_selector(&p.labels)),
+                ) as Box<dyn ApplyProbe + Send>
+            })
         };
         Ok(Components {
             source: source_for(spec)?,
@@ -287,6 +301,8 @@ pub struct Runner {
     stop: Arc<AtomicBool>,
     last_progress: Option<Instant>,
     progress_shown: bool,
+    /// Last logged source error, when, and how many identical ones were not logged since.
+    last_source_error: Option<(String, Instant, u64)>,
 }
 
 enum Pump {
@@ -386,6 +402,7 @@ impl Runner {
             stop: Arc::new(AtomicBool::new(false)),
             last_progress: None,
             progress_shown: false,
+            last_source_error: None,
         })
     }
 
@@ -488,12 +505,7 @@ impl Runner {
             let input = match result {
                 Ok(s) => Observation::of(s),
                 Err(e) => {
-                    self.log(
-                        "warn",
-                        "source_error",
-                        &format!("metrics read failed: {e}"),
-                        json!({"error": e}),
-                    );
+                    self.log_source_error(&e);
                     Observation::failed(e)
                 }
             };
@@ -627,6 +639,11 @@ impl Runner {
         let (state, actions) = step(&self.spec, self.state.clone(), &input, now);
         let decide_us = micros(t0.elapsed());
         self.state = state;
+        let new: Vec<Decision> =
+            self.state.decisions[before.min(self.state.decisions.len())..].to_vec();
+        for d in &new {
+            self.log_decision(d);
+        }
         let mut handled = Handled::default();
         let mut persist_failed = false;
         // A batch that only records an observation need not reach the platter; anything that
@@ -666,13 +683,13 @@ impl Runner {
                     }
                 }
                 Action::Notify(n) => {
-                    self.log(
-                        "info",
-                        "notify",
-                        &format!("notify {}", n.event),
-                        json!({"webhookEvent": n.event}),
-                    );
                     if let Some(bg) = &self.notifier {
+                        self.log(
+                            "info",
+                            "notify",
+                            &format!("notify {}", n.event),
+                            json!({"webhookEvent": n.event}),
+                        );
                         bg.send(n);
                     }
                 }
@@ -683,11 +700,6 @@ impl Runner {
                     handled.rejected = Some(reason);
                 }
             }
-        }
-        let new: Vec<Decision> =
-            self.state.decisions[before.min(self.state.decisions.len())..].to_vec();
-        for d in &new {
-            self.log_decision(d);
         }
         Ok(handled)
     }
@@ -889,6 +901,38 @@ impl Runner {
                 json!({"error": e.to_string()}),
             );
         }
+    }
+
+    /// Logs a failed read, but the same error again only every 10 s (with a count), so a
+    /// source that is down does not flood the log at the fast-track cadence.
+    fn log_source_error(&mut self, e: &str) {
+        let now = Instant::now();
+        let repeat = self
+            .last_source_error
+            .as_ref()
+            .is_some_and(|(last, at, _)| last == e && now.duration_since(*at) < SOURCE_ERROR_EVERY);
+        if repeat {
+            if let Some((_, _, n)) = &mut self.last_source_error {
+                *n += 1;
+            }
+            return;
+        }
+        let suppressed = match &self.last_source_error {
+            Some((last, _, n)) if last == e => *n,
+            _ => 0,
+        };
+        let msg = if suppressed > 0 {
+            format!("metrics read failed ({suppressed} more since): {e}")
+        } else {
+            format!("metrics read failed: {e}")
+        };
+        self.log(
+            "warn",
+            "source_error",
+            &msg,
+            json!({"error": e, "repeated": suppressed}),
+        );
+        self.last_source_error = Some((e.to_string(), now, 0));
     }
 
     fn log_decision(&mut self, d: &Decision) {
@@ -1094,9 +1138,14 @@ fn spawn_watcher(
             };
             let mut last;
             let result = loop {
-                if let Ok(newer) = job_rx.try_recv() {
-                    next = Some(newer);
-                    break record(false, "superseded by a newer write".into());
+                match job_rx.try_recv() {
+                    Ok(newer) => {
+                        next = Some(newer);
+                        break record(false, "superseded by a newer write".into());
+                    }
+                    // The runner is gone: nobody will read the answer.
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                    Err(mpsc::TryRecvError::Empty) => {}
                 }
                 match probe.applied(&service) {
                     Ok(list) if !list.is_empty() => {

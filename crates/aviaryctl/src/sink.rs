@@ -22,6 +22,7 @@ pub const DIGEST48_MASK: u64 = (1 << 48) - 1;
 
 /// What a write produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WriteReceipt {
     /// FNV-1a 64 of the exact plugin JSON the proxy will receive, when the sink knows those
     /// bytes (ECDS); `None` when a control plane re-encodes the config (Istio).

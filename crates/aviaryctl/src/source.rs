@@ -429,7 +429,17 @@ fn http_get(agent: &ureq::Agent, endpoint: &str, url: &str) -> Result<String, Er
                 format!("HTTP {code}: {}", truncate(body.trim())),
             ))
         }
-        Err(ureq::Error::Transport(t)) => Err(source_error(endpoint, t.to_string())),
+        Err(ureq::Error::Transport(t)) => Err(source_error(endpoint, transport_message(&t))),
+    }
+}
+
+/// A transport error without its URL (the error already names the endpoint), e.g.
+/// `Connection Failed: Connect error: Connection refused (os error 111)`.
+pub(crate) fn transport_message(t: &ureq::Transport) -> String {
+    let full = t.to_string();
+    match t.url() {
+        Some(u) => full.replacen(&format!("{u}: "), "", 1),
+        None => full,
     }
 }
 
@@ -658,7 +668,9 @@ impl PrometheusSource {
                     format!("HTTP {code} for {promql:?}: {detail}"),
                 ));
             }
-            Err(ureq::Error::Transport(t)) => return Err(source_error(endpoint, t.to_string())),
+            Err(ureq::Error::Transport(t)) => {
+                return Err(source_error(endpoint, transport_message(&t)))
+            }
         };
         let v: Value = serde_json::from_str(&body)
             .map_err(|e| source_error(endpoint, format!("not JSON: {e}")))?;
@@ -726,9 +738,59 @@ impl PrometheusSource {
     }
 }
 
+/// PromQL label matchers (`k="v",…`, without braces) for a label map.
+pub fn prometheus_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", promql_escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Escapes a PromQL double-quoted string.
 fn promql_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+impl ApplyProbe for PrometheusSource {
+    /// What each scraped proxy (Prometheus `instance`) last reported. Lags by up to a scrape
+    /// interval, so confirmations through Prometheus are slower than through Envoy's admin.
+    fn applied(&self, service: &str) -> Result<Vec<AppliedConfig>, Error> {
+        let m = self.matchers(service);
+        let digests = self.query(&format!("aviary_config_digest{{{m}}}"))?;
+        let weights = self.query(&format!("aviary_weight_bps{{{m}}}"))?;
+        let mut by_instance: BTreeMap<String, AppliedConfig> = BTreeMap::new();
+        let instance =
+            |labels: &BTreeMap<String, String>| labels.get("instance").cloned().unwrap_or_default();
+        for (labels, v) in &digests {
+            let i = instance(labels);
+            let entry = by_instance
+                .entry(i.clone())
+                .or_insert_with(|| AppliedConfig {
+                    endpoint: i,
+                    digest48: None,
+                    weights: BTreeMap::new(),
+                });
+            entry.digest48 = to_count(*v, "aviary_config_digest").ok();
+        }
+        for (labels, v) in &weights {
+            let (Some(version), Ok(w)) = (labels.get("version"), to_count(*v, "aviary_weight_bps"))
+            else {
+                continue;
+            };
+            let i = instance(labels);
+            by_instance
+                .entry(i.clone())
+                .or_insert_with(|| AppliedConfig {
+                    endpoint: i,
+                    digest48: None,
+                    weights: BTreeMap::new(),
+                })
+                .weights
+                .insert(version.clone(), w);
+        }
+        Ok(by_instance.into_values().collect())
+    }
 }
 
 impl MetricsSource for PrometheusSource {
@@ -808,12 +870,7 @@ pub fn source_for(spec: &RolloutSpec) -> Result<Box<dyn MetricsSource + Send>, E
     let m = &spec.spec.metrics;
     let timeout = m.timeout.as_std().max(Duration::from_millis(1));
     let prometheus = m.prometheus.as_ref().map(|p| {
-        let selector = p
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", promql_escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let selector = prometheus_selector(&p.labels);
         let mut src = PrometheusSource::new(&p.url)
             .timeout(timeout)
             .selector(selector)

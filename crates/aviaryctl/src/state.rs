@@ -78,10 +78,7 @@ pub fn replace_file(path: &Path, bytes: &[u8], durability: Durability) -> io::Re
             let _ = d.sync_all();
         }
     };
-    let mut f = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-        Ok(f) => f,
-        Err(e) => return Err(e),
-    };
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     let result = (|| {
         f.write_all(bytes)?;
         if durability == Durability::Durable {

@@ -208,7 +208,7 @@ impl WebhookNotifier {
                     Attempt::Fail(msg)
                 }
             }
-            Err(ureq::Error::Transport(t)) => Attempt::Retry(t.to_string()),
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(crate::source::transport_message(&t)),
         }
     }
 

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aviary_sim::{free_port, run_load, LoadConfig};
-use aviaryctl::source::{EnvoyAdminSource, MetricsSource, PrometheusSource};
+use aviaryctl::sink::DIGEST48_MASK;
+use aviaryctl::source::{ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource};
 use edges_support::{plugin_config, poll, Rig, TempDir};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -153,6 +154,14 @@ fn prometheus_source_matches_envoy() {
         "a bad query is absent, not zero"
     );
     assert!(!snap.custom.contains_key("empty"));
+
+    // Prometheus also confirms which config each scraped proxy applied.
+    let applied = src.applied("recsys").expect("applied");
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    let expected = aviary::config::digest(plugin_config(3000).to_json().as_bytes()) & DIGEST48_MASK;
+    assert_eq!(applied[0].digest48, Some(expected));
+    assert_eq!(applied[0].weights.get("canary"), Some(&3000));
+    assert!(applied[0].endpoint.starts_with("127.0.0.1:"), "{applied:?}");
 
     let err = src.snapshot("no-such-service").expect_err("no series");
     assert!(err.to_string().contains("no Aviary series"), "{err}");

@@ -134,10 +134,7 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<String>) {
     }
     for key in ["oneOf", "anyOf"] {
         if let Some(alts) = schema[key].as_array() {
-            let passing = alts
-                .iter()
-                .filter(|alt| value_valid(alt, v, path))
-                .count();
+            let passing = alts.iter().filter(|alt| value_valid(alt, v, path)).count();
             let ok = if key == "oneOf" {
                 passing == 1
             } else {
