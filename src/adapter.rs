@@ -108,8 +108,10 @@ impl Host for WasmHost {
         .map_err(|s| format!("{s:?}"))
     }
 
-    fn call_response_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default()
+    fn call_response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+            .ok()
+            .flatten()
     }
 
     fn set_tick_period_ms(&self, ms: u32) {

@@ -51,6 +51,6 @@ pub trait Host {
         body: Option<&[u8]>,
         timeout_ms: u32,
     ) -> Result<u32, String>;
-    fn call_response_headers(&self) -> Vec<(String, String)>;
+    fn call_response_header(&self, name: &str) -> Option<String>;
     fn set_tick_period_ms(&self, ms: u32);
 }

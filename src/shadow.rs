@@ -206,17 +206,16 @@ impl Shadows {
         let Some(p) = self.pending.get_mut(&id) else {
             return true;
         };
-        let Some(s) = p.active.cfg.shadow.clone() else {
+        let active = p.active.clone();
+        let Some(s) = active.cfg.shadow.as_ref() else {
             return true;
         };
         let latency_ms = host.now_nanos().saturating_sub(p.dispatched_ns) / 1_000_000;
         let status: Option<u16> = if num_headers == 0 {
             None
         } else {
-            host.call_response_headers()
-                .iter()
-                .find(|(k, _)| k == ":status")
-                .and_then(|(_, v)| v.parse().ok())
+            host.call_response_header(":status")
+                .and_then(|v| v.parse().ok())
         };
         // Envoy answers a timed-out call with a local 504 or with no headers at all.
         let timed_out =
