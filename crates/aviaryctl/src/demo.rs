@@ -203,7 +203,9 @@ struct Receiver {
 impl Receiver {
     fn start(log: Option<PathBuf>, echo: bool) -> Result<Receiver, DemoError> {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(setup("webhook receiver"))?;
-        listener.set_nonblocking(true).map_err(setup("webhook receiver"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(setup("webhook receiver"))?;
         let url = format!(
             "http://{}/hook",
             listener.local_addr().map_err(setup("webhook receiver"))?
@@ -220,8 +222,10 @@ impl Receiver {
                                 println!("  webhook <- {}", summarize(&body));
                             }
                             if let Some(p) = &log {
-                                if let Ok(mut f) =
-                                    std::fs::OpenOptions::new().create(true).append(true).open(p)
+                                if let Ok(mut f) = std::fs::OpenOptions::new()
+                                    .create(true)
+                                    .append(true)
+                                    .open(p)
                                 {
                                     let _ = writeln!(f, "{body}");
                                 }
@@ -398,7 +402,10 @@ pub fn run(o: &DemoOptions) -> Result<Vec<DemoRollout>, DemoError> {
 
     let stable = ModelServer::spawn(stable_model()).map_err(setup("stable model server"))?;
     let canary = ModelServer::spawn(candidate(true)).map_err(setup("canary model server"))?;
-    let hooks = Receiver::start(Some(out.join("notifications.jsonl")), o.log != LogMode::Quiet)?;
+    let hooks = Receiver::start(
+        Some(out.join("notifications.jsonl")),
+        o.log != LogMode::Quiet,
+    )?;
 
     // Envoy needs the ECDS file before it starts: write the first rollout's start config.
     let first_dir = out.join("good-v2");
@@ -428,7 +435,12 @@ pub fn run(o: &DemoOptions) -> Result<Vec<DemoRollout>, DemoError> {
     let mut results = Vec::new();
     for (name, good) in [("good-v2", true), ("bad-v2", false)] {
         canary
-            .update(|c| *c = ModelServerConfig { port: c.port, ..candidate(good) })
+            .update(|c| {
+                *c = ModelServerConfig {
+                    port: c.port,
+                    ..candidate(good)
+                }
+            })
             .map_err(setup("reconfiguring the canary model"))?;
         let dir = out.join(name);
         std::fs::create_dir_all(&dir).map_err(setup("rollout directory"))?;

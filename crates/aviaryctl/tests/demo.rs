@@ -28,14 +28,26 @@ fn demo_promotes_good_v2_and_rolls_back_bad_v2() {
     let events = |r: &demo::DemoRollout| -> Vec<String> {
         r.notifications
             .iter()
-            .map(|n| serde_json::from_str::<serde_json::Value>(n).unwrap()["event"].as_str().unwrap_or("").to_string())
+            .map(|n| {
+                serde_json::from_str::<serde_json::Value>(n).unwrap()["event"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect()
     };
     let (ge, be) = (events(good), events(bad));
     assert!(ge.iter().any(|e| e == "promote"), "{ge:?}");
-    assert!(be.iter().any(|e| e == "rollback"), "a human is told: {be:?}");
+    assert!(
+        be.iter().any(|e| e == "rollback"),
+        "a human is told: {be:?}"
+    );
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bad.report_dir.join("report.json")).unwrap()).unwrap();
-    assert!(report.to_string().contains("errorRate"), "the rollback decision records the gate values");
+        serde_json::from_str(&std::fs::read_to_string(bad.report_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert!(
+        report.to_string().contains("errorRate"),
+        "the rollback decision records the gate values"
+    );
     std::fs::remove_dir_all(&out).ok();
 }

@@ -69,7 +69,11 @@ fn written(dir: &TempDir) -> PluginConfig {
 fn validate_reports_every_problem_with_its_path() {
     let dir = TempDir::new("cli");
     let good = write_spec(&dir, "");
-    let out = Command::new(BIN).arg("validate").arg(&good).output().expect("runs");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&good)
+        .output()
+        .expect("runs");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("valid"), "{stdout}");
@@ -82,7 +86,11 @@ fn validate_reports_every_problem_with_its_path() {
         .replace("canary: canary", "canary: stable")
         .replace("stepWeights: [5, 25, 50]", "stepWeights: [25, 5]");
     std::fs::write(&bad, spec).expect("write");
-    let out = Command::new(BIN).arg("validate").arg(&bad).output().expect("runs");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("spec.canary"), "{stderr}");
@@ -90,7 +98,17 @@ fn validate_reports_every_problem_with_its_path() {
 
     let out = Command::new(BIN).arg("--help").output().expect("runs");
     let help = text(&out.stdout);
-    for cmd in ["validate", "run", "status", "pause", "resume", "promote", "abort", "report", "render-istio"] {
+    for cmd in [
+        "validate",
+        "run",
+        "status",
+        "pause",
+        "resume",
+        "promote",
+        "abort",
+        "report",
+        "render-istio",
+    ] {
         assert!(help.contains(cmd), "--help lists {cmd}: {help}");
     }
 }
@@ -122,27 +140,41 @@ fn run_logs_json_and_offline_commands_act_on_the_state() {
     .expect("the driver reports the unreachable source");
     assert_eq!(written(&dir).weight_bps(1), Some(500));
     let status = aviaryctl(&state, &["status"]);
-    assert!(text(&status.stdout).contains("driver    running"), "{}", text(&status.stdout));
+    assert!(
+        text(&status.stdout).contains("driver    running"),
+        "{}",
+        text(&status.stdout)
+    );
     run.child().kill().expect("kill");
     run.child().wait().expect("reaped");
     let log = std::fs::read_to_string(dir.join("run.log")).expect("log");
     for line in log.lines() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v["ts"].is_u64() && v["level"].is_string() && v["event"].is_string(), "{line}");
+        assert!(
+            v["ts"].is_u64() && v["level"].is_string() && v["event"].is_string(),
+            "{line}"
+        );
     }
     assert!(log.contains("\"event\":\"write\""), "{log}");
 
     let out = aviaryctl(&state, &["status"]);
     let st = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(st.contains("cli-test") && st.contains("driver    not running"), "{st}");
+    assert!(
+        st.contains("cli-test") && st.contains("driver    not running"),
+        "{st}"
+    );
 
     let out = aviaryctl(&state, &["pause"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no driver was running"));
     let out = aviaryctl(&state, &["pause"]);
     assert_eq!(out.status.code(), Some(1), "second pause is rejected");
-    assert!(text(&out.stderr).contains("already paused"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already paused"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(aviaryctl(&state, &["resume"]).status.success());
 
     let out = aviaryctl(&state, &["promote"]);
@@ -151,7 +183,11 @@ fn run_logs_json_and_offline_commands_act_on_the_state() {
 
     let out = aviaryctl(&state, &["abort", "--reason", "offline test"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("offline test"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("offline test"),
+        "{}",
+        text(&out.stdout)
+    );
     let cfg = written(&dir);
     assert_eq!(cfg.kill_switch.as_deref(), Some("stable"));
     assert_eq!(cfg.weight_bps(0), Some(10_000));
@@ -192,10 +228,18 @@ fn render_istio_prints_a_valid_wasmplugin() {
     .expect("CRD");
     let crd = CrdSchema::from_crd_yaml(&crd_text, "v1alpha1").expect("schema");
 
-    let out = aviaryctl(&state, &["render-istio", spec.to_str().expect("utf8"), "--weight", "12.5"]);
+    let out = aviaryctl(
+        &state,
+        &[
+            "render-istio",
+            spec.to_str().expect("utf8"),
+            "--weight",
+            "12.5",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let doc: Value = serde_yaml::from_str(text(&out.stdout).trim_start_matches("---\n"))
-        .expect("yaml");
+    let doc: Value =
+        serde_yaml::from_str(text(&out.stdout).trim_start_matches("---\n")).expect("yaml");
     assert!(crd.validate(&doc).is_empty(), "{:?}", crd.validate(&doc));
     assert_eq!(doc["metadata"]["name"], "aviary-recsys");
     assert_eq!(doc["metadata"]["namespace"], "ml");
@@ -223,8 +267,19 @@ fn render_istio_prints_a_valid_wasmplugin() {
     assert!(crd.validate(&doc).is_empty());
     assert_eq!(doc["spec"]["failStrategy"], "FAIL_CLOSE");
     assert_eq!(doc["spec"]["phase"], "AUTHZ");
-    assert_eq!(doc["spec"]["pluginConfig"]["versions"][1]["weight"], 0, "initial config");
+    assert_eq!(
+        doc["spec"]["pluginConfig"]["versions"][1]["weight"], 0,
+        "initial config"
+    );
 
-    let out = aviaryctl(&state, &["render-istio", spec.to_str().expect("utf8"), "--weight", "101"]);
+    let out = aviaryctl(
+        &state,
+        &[
+            "render-istio",
+            spec.to_str().expect("utf8"),
+            "--weight",
+            "101",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
 }

@@ -277,7 +277,9 @@ fn healthy_canary_is_promoted_through_every_step() {
         .iter()
         .all(|w| w.errors.is_empty() && w.digest48.is_some()));
     assert!(
-        writes[1..].iter().all(|w| w.trigger_to_visible_us.is_some_and(|us| us < 100_000)),
+        writes[1..]
+            .iter()
+            .all(|w| w.trigger_to_visible_us.is_some_and(|us| us < 100_000)),
         "{writes:?}"
     );
     assert_eq!(

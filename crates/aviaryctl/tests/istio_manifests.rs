@@ -9,7 +9,9 @@ use edges_support::openapi::CrdSchema;
 use serde_json::Value;
 
 fn crd(file: &str, version: &str) -> CrdSchema {
-    let path = edges_support::root().join("../shared/istio-crds").join(file);
+    let path = edges_support::root()
+        .join("../shared/istio-crds")
+        .join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     CrdSchema::from_crd_yaml(&text, version).expect("CRD schema")
@@ -36,7 +38,12 @@ fn shipped_manifests_match_the_crd_schemas() {
     let mut kinds = Vec::new();
     for (name, doc) in &docs {
         let kind = doc["kind"].as_str().unwrap();
-        let version = doc["apiVersion"].as_str().unwrap().rsplit('/').next().unwrap();
+        let version = doc["apiVersion"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
         let file = match kind {
             "WasmPlugin" => "wasmplugins.yaml",
             "VirtualService" => "virtualservices.yaml",
@@ -76,7 +83,10 @@ fn wasmplugin_config_is_accepted_by_the_plugin_parser() {
             continue;
         }
         let spec = &doc["spec"];
-        assert!(spec["sha256"].as_str().is_some_and(|s| s.len() == 64), "{name}: sha256");
+        assert!(
+            spec["sha256"].as_str().is_some_and(|s| s.len() == 64),
+            "{name}: sha256"
+        );
         assert!(spec["failStrategy"].is_string(), "{name}: failStrategy");
         let cfg = PluginConfig::from_value(&spec["pluginConfig"])
             .unwrap_or_else(|e| panic!("{name}: {e}"));
