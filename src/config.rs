@@ -148,6 +148,9 @@ pub struct ShadowConfig {
     /// Only mirror requests that match all of these.
     #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<ConditionConfig>,
+    /// Only mirror requests matching the conditions of one of these segment rules (by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
     #[serde(default = "default_shadow_timeout")]
     pub timeout_ms: u32,
     #[serde(default = "default_body_limit")]
@@ -368,6 +371,8 @@ pub struct CompiledShadow {
     pub targets: Vec<ShadowTarget>,
     pub share_bps: u32,
     pub conditions: Vec<Condition>,
+    /// Indices of the segment rules whose conditions select what is mirrored (any of them).
+    pub rules: Vec<usize>,
     pub timeout_ms: u32,
     pub max_body_bytes: u32,
     pub max_in_flight: u32,
@@ -662,7 +667,10 @@ fn compile(cfg: &PluginConfig, digest: u64) -> Result<Compiled, ConfigError> {
         None => None,
         Some(s) => Some(compile_shadow(cfg, s)?),
     };
-    if shadow.as_ref().is_some_and(|s| !s.conditions.is_empty()) {
+    if shadow
+        .as_ref()
+        .is_some_and(|s| !s.conditions.is_empty() || !s.rules.is_empty())
+    {
         needs_headers = true;
     }
 
@@ -789,6 +797,23 @@ fn compile_shadow(cfg: &PluginConfig, s: &ShadowConfig) -> Result<CompiledShadow
         targets: s.targets.clone(),
         share_bps: check_share("shadow.share".into(), s.share)?,
         conditions: compile_conditions(&s.conditions, "shadow.match")?,
+        rules: s
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                cfg.rules
+                    .iter()
+                    .position(|r| &r.name == name)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = cfg.rules.iter().map(|r| r.name.as_str()).collect();
+                        ConfigError::new(
+                            format!("shadow.rules[{i}]"),
+                            format!("`{name}` names no rule; use one of: {}", known.join(", ")),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
         timeout_ms: s.timeout_ms,
         max_body_bytes: s.max_body_bytes,
         max_in_flight: s.max_in_flight,

@@ -298,6 +298,7 @@ fn shadow(v: &Value, path: String) -> R<ShadowConfig> {
             "targets",
             "share",
             "match",
+            "rules",
             "timeoutMs",
             "maxBodyBytes",
             "maxInFlight",
@@ -321,6 +322,7 @@ fn shadow(v: &Value, path: String) -> R<ShadowConfig> {
             )
         })?,
         conditions: o.each("match", condition)?,
+        rules: o.strings("rules")?.unwrap_or_default(),
         timeout_ms: o
             .opt_u32("timeoutMs")?
             .unwrap_or_else(default_shadow_timeout),

@@ -370,6 +370,14 @@ impl Stream {
         if !conditions_hold(&s.conditions, &req) {
             return;
         }
+        if !s.rules.is_empty()
+            && !s
+                .rules
+                .iter()
+                .any(|r| conditions_hold(&cfg.rules[*r].conditions, &req))
+        {
+            return;
+        }
         if !in_share(
             s.share_bps,
             s.seed,

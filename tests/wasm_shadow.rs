@@ -387,3 +387,34 @@ fn live_scores_fill_per_version_bins() {
     s.finish().unwrap();
     assert_eq!(bin("0.25"), 2);
 }
+
+#[test]
+fn shadow_can_be_limited_to_segment_rules() {
+    let cfg = config("").replace(
+        r#""share":10000,"#,
+        r#""share":10000,"rules":["internal"],"#,
+    ).replace(
+        r#""sticky":{"keys":[{"header":"x-user-id"}]},"#,
+        r#""sticky":{"keys":[{"header":"x-user-id"}]},"rules":[{"name":"internal","match":[{"header":"x-internal","present":true}],"version":"stable"}],"#,
+    );
+    let host = host(&cfg);
+    for internal in [false, true, false, true, true] {
+        let s = host.http_stream().unwrap();
+        let mut h = vec![(":method", "GET"), (":path", "/p"), (":authority", "a")];
+        if internal {
+            h.push(("x-internal", "1"));
+        }
+        s.request_headers(&h, true).expect_continue().unwrap();
+        host.tick().unwrap();
+        s.finish().unwrap();
+    }
+    assert_eq!(
+        host.http_calls().len(),
+        3,
+        "only the internal users' requests were mirrored"
+    );
+    let bad = cfg.replace(r#""rules":["internal"]"#, r#""rules":["nobody"]"#);
+    host.expect_matching(Category::ErrorLog, "shadow.rules[0]", 1);
+    host.configure(bad).unwrap().expect_rejected().unwrap();
+    host.verify().unwrap();
+}
