@@ -1,52 +1,55 @@
 //! Item 6: how fast a new plugin config takes effect. ECDS apply latency (the file is replaced,
-//! then a response shows the new behaviour), and the driver's rollback: a canary breach is
-//! seen in Envoy's stats, the kill switch is written through the driver's ECDS sink, and
-//! Envoy serves 100% baseline.
+//! then a response shows the new behaviour), and the driver's rollback: aviaryctl's own runner
+//! drives a rollout against the bench's Envoy, the canary starts failing, and a probe times
+//! how long until Envoy serves 100% baseline.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use aviary::config::PluginConfig;
-use aviary_sim::{EnvoyProcess, Fault, HttpConnection, HttpRequest, LoadConfig, ModelServer, ModelServerConfig};
+use aviary_sim::{
+    EnvoyProcess, Fault, HttpConnection, HttpRequest, LoadConfig, ModelServer, ModelServerConfig,
+};
+use aviaryctl::clock::SystemClock;
+use aviaryctl::runner::{Components, LogMode, Runner, RunnerEvent, RunnerOptions};
 use aviaryctl::sink::{ConfigSink, EcdsFileSink};
-use aviaryctl::source::{EnvoyAdminSource, MetricsSource};
+use aviaryctl::spec::RolloutSpec;
+use aviaryctl::state::StateStore;
+use aviaryctl::step::Outcome;
 use serde_json::json;
 
 use crate::variants::{aviary_routes, ecds_filter, proxy_builder, router, Upstreams};
 use crate::Options;
 
-/// The driver's fast-track check cadence assumed here (aviaryctl's `fastInterval`).
-pub const FAST_INTERVAL: Duration = Duration::from_millis(100);
-/// A check fails when the canary's error rate in the last interval exceeds this, over at least
-/// `MIN_SAMPLES` responses (a simplified `errorRate.max` gate).
-pub const MAX_ERROR_RATE: f64 = 0.05;
-pub const MIN_SAMPLES: u64 = 5;
-/// Background traffic during a rollback; the canary gets 10% of it.
+/// Background traffic during a rollback, as in aviaryctl's own end-to-end test.
 pub const ROLLBACK_RATE: f64 = 500.0;
-const PROBE_HEADER: &str = "x-bench-probe";
+/// The rollout's analysis: a 100 ms fast track on the error rate; steps long enough that no
+/// promotion happens during a measurement.
+pub const ANALYSIS: &str = "    interval: 30s
+    fastInterval: 100ms
+    threshold: 2
+    maxHold: 1m
+    minSamples: 50
+    stepWeights: [20, 40, 60, 80]
+    gates:
+      errorRate: {max: 0.05, maxRelative: 3}";
 
-/// One rollback, in milliseconds from the breach.
+/// One rollback.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Rollback {
-    /// Breach until the driver's check fails.
-    pub detect_ms: f64,
-    /// Decision until the sink has written (validated, rendered, fsynced, renamed).
-    pub write_ms: f64,
-    /// Written until a response shows the kill switch.
-    pub apply_ms: f64,
-}
-
-impl Rollback {
-    pub fn decision_to_applied(&self) -> f64 {
-        self.write_ms + self.apply_ms
-    }
-
-    pub fn total(&self) -> f64 {
-        self.detect_ms + self.write_ms + self.apply_ms
-    }
+    /// Breach until the probe is served by the baseline, ms.
+    pub settled_ms: f64,
+    /// The runner's own records, from the metrics read that triggered the rollback (its
+    /// decision): to the new file in place, to the write durable, and to Envoy reporting the
+    /// new config (the digest gauge, polled by the runner's watcher), ms.
+    pub visible_ms: f64,
+    pub durable_ms: f64,
+    pub applied_ms: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -60,7 +63,15 @@ pub struct Results {
 fn base_config() -> serde_json::Value {
     json!({"service": "bench",
            "versions": [{"name": "stable", "weight": 9000}, {"name": "canary", "weight": 1000}],
-           "rules": [{"name": "probe", "match": [{"header": PROBE_HEADER, "present": true}], "version": "canary"}]})
+           "sticky": {"keys": [{"header": "x-user-id"}]}})
+}
+
+/// A user whose bucket is at the very top, so it is on the canary at any canary weight.
+fn canary_user() -> String {
+    (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|u| aviary::hash::bucket(u.as_bytes(), 0) >= 9990)
+        .unwrap_or_default()
 }
 
 struct Rig {
@@ -71,6 +82,8 @@ struct Rig {
     _stable: ModelServer,
     sink: EcdsFileSink,
     dir: PathBuf,
+    wasm: PathBuf,
+    user: String,
 }
 
 impl Drop for Rig {
@@ -82,21 +95,32 @@ impl Drop for Rig {
 pub fn run(opts: &Options, stats: &str) -> anyhow::Result<Results> {
     let rig = start(opts, stats)?;
     let mut out = Results::default();
-    let base = PluginConfig::from_json(base_config().to_string().as_bytes()).map_err(|e| anyhow!("{e}"))?;
+    let base = PluginConfig::from_json(base_config().to_string().as_bytes())
+        .map_err(|e| anyhow!("{e}"))?;
     let mut killed = base.clone();
     killed.kill_switch = Some("stable".into());
     ecds(&rig, &base, &killed, opts.ecds_reps, &mut out)?;
     for rep in 0..opts.rollback_reps {
-        let r = rollback(&rig, &base, &killed, &mut out.problems).with_context(|| format!("rollback {}", rep + 1))?;
-        eprintln!(
-            "rollback {}: detected {:.0} ms, written {:.1} ms, applied {:.1} ms later; breach to baseline {:.0} ms",
-            rep + 1, r.detect_ms, r.write_ms, r.apply_ms, r.total()
-        );
-        out.rollbacks.push(r);
+        match rollback(&rig, rep, &mut out.problems)
+            .with_context(|| format!("rollback {}", rep + 1))
+        {
+            Ok(r) => {
+                eprintln!(
+                    "rollback {}: breach to baseline {:.0} ms; decision to file {:.1} ms, durable {:.1} ms, applied {:.1} ms",
+                    rep + 1, r.settled_ms, r.visible_ms, r.durable_ms, r.applied_ms
+                );
+                out.rollbacks.push(r);
+            }
+            Err(e) => out.problems.push(format!("{e:#}")),
+        }
     }
-    let rejected = rig.envoy.stat("extension_config_discovery.http_filter.aviary.update_rejected")?.unwrap_or(0);
+    let rejected = rig
+        .envoy
+        .stat("extension_config_discovery.http_filter.aviary.update_rejected")?
+        .unwrap_or(0);
     if rejected > 0 {
-        out.problems.push(format!("Envoy rejected {rejected} ECDS updates"));
+        out.problems
+            .push(format!("Envoy rejected {rejected} ECDS updates"));
     }
     Ok(out)
 }
@@ -108,14 +132,21 @@ fn start(opts: &Options, stats: &str) -> anyhow::Result<Rig> {
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("aviary-ecds.yaml");
     let sink = EcdsFileSink::new(&file, "aviary", opts.wasms.aviary.display().to_string());
-    let base = PluginConfig::from_json(base_config().to_string().as_bytes()).map_err(|e| anyhow!("{e}"))?;
+    let base = PluginConfig::from_json(base_config().to_string().as_bytes())
+        .map_err(|e| anyhow!("{e}"))?;
     sink.write(&base)?;
     let ports = Upstreams {
         stable: stable.port(),
         canary: canary.port(),
         shadow: stable.port(),
     };
-    let envoy = proxy_builder(stats, &aviary_routes(), &json!([ecds_filter(&file), router()]), ports).start()?;
+    let envoy = proxy_builder(
+        stats,
+        &aviary_routes(),
+        &json!([ecds_filter(&file), router()]),
+        ports,
+    )
+    .start()?;
     let port = envoy.listener_port("ingress")?;
     Ok(Rig {
         url: format!("http://127.0.0.1:{port}/predict"),
@@ -125,14 +156,27 @@ fn start(opts: &Options, stats: &str) -> anyhow::Result<Rig> {
         _stable: stable,
         sink,
         dir,
+        wasm: opts.wasms.aviary.clone(),
+        user: canary_user(),
     })
 }
 
 /// Replaces the ECDS file the plain way (temp file, rename) and times until a probe shows it.
-fn ecds(rig: &Rig, base: &PluginConfig, killed: &PluginConfig, reps: usize, out: &mut Results) -> anyhow::Result<()> {
+fn ecds(
+    rig: &Rig,
+    base: &PluginConfig,
+    killed: &PluginConfig,
+    reps: usize,
+    out: &mut Results,
+) -> anyhow::Result<()> {
     let mut conn = connect(rig)?;
+    wait_for(&mut conn, rig, "canary", Duration::from_secs(2))?;
     for rep in 0..reps {
-        let (cfg, expect) = if rep % 2 == 0 { (killed, "stable") } else { (base, "canary") };
+        let (cfg, expect) = if rep % 2 == 0 {
+            (killed, "stable")
+        } else {
+            (base, "canary")
+        };
         let doc = serde_json::to_string_pretty(&rig.sink.render(&cfg.to_json()))?;
         let tmp = rig.dir.join(".aviary-ecds.yaml.tmp");
         std::fs::write(&tmp, doc)?;
@@ -142,21 +186,25 @@ fn ecds(rig: &Rig, base: &PluginConfig, killed: &PluginConfig, reps: usize, out:
         out.ecds_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         thread::sleep(Duration::from_millis(50));
     }
-    // Leave the base config in force.
-    if reps % 2 == 1 {
-        rig.sink.write(base)?;
-        wait_for(&mut conn, rig, "canary", Duration::from_secs(2))?;
-    }
     Ok(())
 }
 
 fn connect(rig: &Rig) -> anyhow::Result<HttpConnection> {
-    Ok(HttpConnection::connect(rig.addr, "bench", Duration::from_secs(2))?)
+    Ok(HttpConnection::connect(
+        rig.addr,
+        "bench",
+        Duration::from_secs(2),
+    )?)
 }
 
-/// Sends probes until one is served by `version`; errors after `timeout`.
-fn wait_for(conn: &mut HttpConnection, rig: &Rig, version: &str, timeout: Duration) -> anyhow::Result<()> {
-    let probe = HttpRequest::get("/predict").header(PROBE_HEADER, "1");
+/// Sends the canary user's requests until one is served by `version`; errors after `timeout`.
+fn wait_for(
+    conn: &mut HttpConnection,
+    rig: &Rig,
+    version: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let probe = HttpRequest::get("/predict").header("x-user-id", rig.user.as_str());
     let deadline = Instant::now() + timeout;
     loop {
         if !conn.is_open() {
@@ -167,79 +215,111 @@ fn wait_for(conn: &mut HttpConnection, rig: &Rig, version: &str, timeout: Durati
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("no response from {version} within {timeout:?} (last: {} served by {:?})", r.status, r.header("x-aviary-served-by"));
+            bail!(
+                "no response from {version} within {timeout:?} (last: {} served by {:?})",
+                r.status,
+                r.header("x-aviary-served-by")
+            );
         }
         thread::sleep(Duration::from_micros(200));
     }
 }
 
-fn canary_window(prev: &aviaryctl::observe::Snapshot, now: &aviaryctl::observe::Snapshot) -> (u64, u64) {
-    let count = |s: &aviaryctl::observe::Snapshot, errors_only: bool| -> u64 {
-        s.versions.get("canary").map_or(0, |v| {
-            v.responses
-                .iter()
-                .filter(|(class, _)| !errors_only || matches!(class.as_str(), "5xx" | "local" | "reset"))
-                .map(|(_, n)| n)
-                .sum()
-        })
-    };
-    (
-        count(now, false).saturating_sub(count(prev, false)),
-        count(now, true).saturating_sub(count(prev, true)),
+fn rollout_yaml(rig: &Rig, rep: usize) -> String {
+    format!(
+        r#"apiVersion: aviary.dev/v1
+kind: Rollout
+metadata: {{name: bench-rollback-{rep}}}
+spec:
+  baseline: stable
+  canary: canary
+  config:
+    ecdsFile: {ecds}
+    filterName: aviary
+    wasmFile: {wasm}
+    pluginConfig:
+      service: bench
+      versions: [{{name: stable, weight: 10000}}, {{name: canary, weight: 0}}]
+      sticky: {{keys: [{{header: x-user-id}}]}}
+  metrics: {{envoyAdmin: ["{admin}"], timeout: 500ms}}
+  analysis:
+{ANALYSIS}
+"#,
+        ecds = rig.sink.path().display(),
+        wasm = rig.wasm.display(),
+        admin = rig.envoy.admin_url(),
     )
 }
 
-fn rollback(rig: &Rig, base: &PluginConfig, killed: &PluginConfig, problems: &mut Vec<String>) -> anyhow::Result<Rollback> {
-    let source = EnvoyAdminSource::new([rig.envoy.admin_url().to_string()]);
+/// One rollout by aviaryctl's runner: step 1 is applied, the canary breaks, the runner's fast
+/// track rolls back.
+fn rollback(rig: &Rig, rep: usize, problems: &mut Vec<String>) -> anyhow::Result<Rollback> {
+    let spec = RolloutSpec::parse(&rollout_yaml(rig, rep))
+        .map_err(|e| anyhow!("the bench's rollout spec: {e}"))?;
+    let store = StateStore::in_dir(rig.dir.join(format!("state-{rep}")))?;
+    let components = Components::from_spec(&spec)?;
+    let opts = RunnerOptions {
+        log: LogMode::Quiet,
+        ..RunnerOptions::default()
+    };
+    let runner = Runner::new(spec, store.clone(), components, Arc::new(SystemClock), opts)?;
+    let stop = runner.stop_handle();
     let load_cfg = LoadConfig {
         connections: 4,
         rate: Some(ROLLBACK_RATE),
-        users: 100_000,
+        users: 2000,
         timeout: Duration::from_secs(2),
-        ..LoadConfig::duration(&rig.url, Duration::from_secs(3))
+        ..LoadConfig::duration(&rig.url, Duration::from_secs(6))
     };
     let load = thread::spawn(move || aviary_sim::run_load(&load_cfg));
-    thread::sleep(Duration::from_millis(400));
-    let mut prev = source.snapshot("bench")?;
-    let breach = Instant::now();
-    rig.canary.update(|c| c.fault = Fault::Status(500))?;
-    let decided = loop {
-        let next = Instant::now() + FAST_INTERVAL;
-        thread::sleep(next.saturating_duration_since(Instant::now()));
-        let now = source.snapshot("bench")?;
-        let (responses, errors) = canary_window(&prev, &now);
-        prev = now;
-        if responses >= MIN_SAMPLES && errors as f64 / responses as f64 > MAX_ERROR_RATE {
-            break Instant::now();
-        }
-        if breach.elapsed() > Duration::from_secs(2) {
-            bail!("the breach was not detected within 2 s");
-        }
-    };
-    rig.sink.write(killed)?;
-    let written = Instant::now();
+    let run = thread::spawn(move || runner.run());
     let mut conn = connect(rig)?;
-    wait_for(&mut conn, rig, "stable", Duration::from_secs(2))?;
-    let applied = Instant::now();
-    let after_apply = source.snapshot("bench")?;
-    let report = load.join().map_err(|_| anyhow!("the load thread panicked"))??;
-    let end = source.snapshot("bench")?;
-    let late = |s: &aviaryctl::observe::Snapshot| s.versions.get("canary").map_or(0, |v| v.requests);
-    if late(&end) > late(&after_apply) {
-        problems.push(format!("{} requests went to the canary after the kill switch applied", late(&end) - late(&after_apply)));
+    let measured = (|| -> anyhow::Result<f64> {
+        wait_for(&mut conn, rig, "canary", Duration::from_secs(10))
+            .context("step 1 never reached Envoy")?;
+        thread::sleep(Duration::from_millis(300));
+        let breach = Instant::now();
+        rig.canary.update(|c| c.fault = Fault::Status(500))?;
+        wait_for(&mut conn, rig, "stable", Duration::from_secs(3))
+            .context("no rollback within 3 s")?;
+        Ok(breach.elapsed().as_secs_f64() * 1000.0)
+    })();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !run.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
     }
-    if report.summary.errors > 0 {
-        problems.push(format!("rollback load: {} transport errors", report.summary.errors));
-    }
+    stop.store(true, Ordering::SeqCst);
+    let outcome = run
+        .join()
+        .map_err(|_| anyhow!("the runner thread panicked"))?;
     rig.canary.update(|c| c.fault = Fault::None)?;
-    rig.sink.write(base)?;
-    wait_for(&mut conn, rig, "canary", Duration::from_secs(2))?;
-    thread::sleep(Duration::from_millis(300));
-    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+    let _ = load.join();
+    let settled_ms = measured?;
+    if !matches!(outcome, Ok(Some(Outcome::RolledBack))) {
+        problems.push(format!(
+            "rollback {}: the runner ended with {outcome:?}",
+            rep + 1
+        ));
+    }
+    let events: Vec<RunnerEvent> = store.read_events()?;
+    let write = events
+        .iter()
+        .find_map(|e| match e {
+            RunnerEvent::Write(w) if w.rollback => Some(w.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("the runner logged no rollback write"))?;
+    let applied = events.iter().find_map(|e| match e {
+        RunnerEvent::Applied(a) if a.seq == write.seq => Some(a.clone()),
+        _ => None,
+    });
+    let us = |v: Option<u64>| v.map_or(f64::NAN, |x| x as f64 / 1000.0);
     Ok(Rollback {
-        detect_ms: ms(breach, decided),
-        write_ms: ms(decided, written),
-        apply_ms: ms(written, applied),
+        settled_ms,
+        visible_ms: us(write.trigger_to_visible_us),
+        durable_ms: us(write.trigger_to_write_us),
+        applied_ms: applied
+            .and_then(|a| a.trigger_to_apply_ms)
+            .unwrap_or(f64::NAN),
     })
 }
-

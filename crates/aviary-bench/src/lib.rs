@@ -28,7 +28,8 @@ pub struct Options {
     pub warmup_secs: u64,
     /// wrk connections.
     pub connections: usize,
-    /// Fixed-rate latency runs: rate and seconds.
+    /// Fixed-rate latency runs: rounds, rate and seconds.
+    pub latency_rounds: usize,
     pub latency_rate: f64,
     pub latency_secs: u64,
     /// Streams per point in the test host.
@@ -40,16 +41,17 @@ pub struct Options {
 }
 
 impl Options {
-    /// What `make bench` runs (about 5 minutes).
+    /// What `make bench` runs (about 7 minutes).
     pub fn full(root: PathBuf) -> Options {
         Options {
             quick: false,
-            rounds: 3,
-            run_secs: 5,
-            warmup_secs: 2,
+            rounds: 5,
+            run_secs: 2,
+            warmup_secs: 1,
             connections: 32,
+            latency_rounds: 3,
             latency_rate: 1000.0,
-            latency_secs: 4,
+            latency_secs: 3,
             host_requests: 15_000,
             ecds_reps: 20,
             rollback_reps: 5,
@@ -63,6 +65,7 @@ impl Options {
         Options {
             quick: true,
             rounds: 1,
+            latency_rounds: 1,
             run_secs: 1,
             warmup_secs: 1,
             latency_secs: 1,
@@ -112,19 +115,39 @@ pub fn run(opts: Options) -> anyhow::Result<Report> {
             bail!("{} is missing: run `make build` and `cargo build --release --target wasm32-wasip1 -p aviary-noop`", w.display());
         }
     }
-    let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).with_context(|| p.display().to_string());
+    let size = |p: &PathBuf| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .with_context(|| p.display().to_string())
+    };
     let sizes = (size(&opts.wasms.aviary)?, size(&opts.wasms.noop)?);
     let machine = machine::Machine::detect();
     let stats = variants::stats_config(&opts.root)?;
     let script = opts.root.join("crates/aviary-bench/envoy/user-keys.lua");
     eprintln!("== throughput and latency (items 1-3)");
-    let throughput = throughput::run(&opts, &opts.wasms, &stats, &script)?;
+    let all: Vec<variants::Variant> = variants::Variant::ALL
+        .into_iter()
+        .chain(variants::Variant::PROBES)
+        .collect();
+    let throughput = throughput::run(
+        &opts,
+        &opts.wasms,
+        &stats,
+        &script,
+        &all,
+        &variants::Variant::PAIRS,
+    )?;
     eprintln!("== memory per VM (item 5)");
     let memory = memory::run(&opts, &stats)?;
     eprintln!("== ECDS apply and rollback (item 6)");
     let control = control::run(&opts, &stats)?;
     eprintln!("== test host (item 4)");
-    let host = hostbench::run(&opts.wasms.aviary, &opts.wasms.noop, opts.host_requests, opts.quick)?;
+    let host = hostbench::run(
+        &opts.wasms.aviary,
+        &opts.wasms.noop,
+        opts.host_requests,
+        opts.quick,
+    )?;
     Ok(Report {
         machine,
         throughput,
@@ -135,4 +158,70 @@ pub fn run(opts: Options) -> anyhow::Result<Report> {
         elapsed_s: started.elapsed().as_secs_f64(),
         opts,
     })
+}
+
+/// The variant named `key`.
+pub fn variant(key: &str) -> anyhow::Result<variants::Variant> {
+    let mut all = variants::Variant::ALL
+        .into_iter()
+        .chain(variants::Variant::PROBES);
+    all.find(|v| v.key() == key).ok_or_else(|| {
+        let keys: Vec<&str> = variants::Variant::ALL
+            .into_iter()
+            .chain(variants::Variant::PROBES)
+            .map(|v| v.key())
+            .collect();
+        anyhow::anyhow!("unknown variant {key}; one of: {}", keys.join(", "))
+    })
+}
+
+/// Throughput runs of chosen variants only, interleaved, with a one-line summary per variant:
+/// for checking a difference the full run leaves inside its noise.
+pub fn compare(opts: &Options, keys: &[String]) -> anyhow::Result<throughput::Results> {
+    let chosen = keys
+        .iter()
+        .map(|k| variant(k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let stats = variants::stats_config(&opts.root)?;
+    let script = opts.root.join("crates/aviary-bench/envoy/user-keys.lua");
+    let res = throughput::run(
+        &Options {
+            latency_rounds: 0,
+            ..opts.clone()
+        },
+        &opts.wasms,
+        &stats,
+        &script,
+        &chosen,
+        &[],
+    )?;
+    let base = chosen[0];
+    for &v in &chosen {
+        let (ratio, per_round) = res.ratio(v, base);
+        let cpu = res.field(v, |r| r.proxy_cpu_us);
+        println!(
+            "{:<22} req/s {:>7.0} [{:.0}–{:.0}]  vs {} {ratio:.3}x (per round {:.2}–{:.2})  CPU {:.1} µs/req [{:.1}–{:.1}]",
+            v.key(), res.rps(v).median, res.rps(v).min, res.rps(v).max, base.key(), per_round.min, per_round.max,
+            cpu.median, cpu.min, cpu.max
+        );
+    }
+    Ok(res)
+}
+
+/// Starts the upstream and one variant's Envoy, prints where they are, and keeps them up for
+/// `secs`: for profiling a variant by hand (perf, wrk).
+pub fn serve(opts: &Options, key: &str, secs: std::time::Duration) -> anyhow::Result<()> {
+    let v = variant(key)?;
+    let stats = variants::stats_config(&opts.root)?;
+    let (upstream, ports) = variants::start_upstream()?;
+    let envoy = variants::start_variant(v, &stats, &opts.wasms, ports)?;
+    println!(
+        "url http://127.0.0.1:{}/predict pid {} admin {} upstream-pid {}",
+        envoy.listener_port("ingress")?,
+        envoy.pid().unwrap_or(0),
+        envoy.admin_url(),
+        upstream.pid().unwrap_or(0)
+    );
+    std::thread::sleep(secs);
+    Ok(())
 }

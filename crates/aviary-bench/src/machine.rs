@@ -22,11 +22,21 @@ impl Machine {
         let cpuinfo = read("/proc/cpuinfo");
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         let memory_gib = read("/proc/meminfo")
             .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
+            .find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
             .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
         let envoy = aviary_sim::find_envoy()
             .ok()
@@ -39,7 +49,9 @@ impl Machine {
             .map(|v| {
                 let parts: Vec<&str> = v.trim().split('/').collect();
                 match parts.as_slice() {
-                    [sha, ver, _, build, ..] => format!("{ver} ({build}, {})", &sha[..sha.len().min(12)]),
+                    [sha, ver, _, build, ..] => {
+                        format!("{ver} ({build}, {})", &sha[..sha.len().min(12)])
+                    }
                     _ => v.trim().to_string(),
                 }
             })
@@ -51,9 +63,21 @@ impl Machine {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             envoy,
             rustc: command("rustc", &["-V"]),
-            wrk: command("wrk", &["-v"]).lines().next().unwrap_or("").split(" Copyright").next().unwrap_or("").trim().to_string(),
+            wrk: command("wrk", &["-v"])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .split(" Copyright")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
             date: utc_now(),
-            load_at_start: read("/proc/loadavg").split_whitespace().next().unwrap_or("?").to_string(),
+            load_at_start: read("/proc/loadavg")
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+                .to_string(),
         }
     }
 }
@@ -76,10 +100,16 @@ fn command(program: &str, args: &[&str]) -> String {
 
 /// `YYYY-MM-DD HH:MM UTC`, without a date crate.
 pub fn utc_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rest / 3600, rest % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use aviary_bench::{report, run, Options};
 
+const USAGE: &str = "usage: aviary-bench [--quick] [--out FILE]
+       aviary-bench --variants A,B,... [--rounds N] [--secs S]   (throughput of these only, vs A)
+       aviary-bench --serve VARIANT SECONDS   (runs one variant and its upstream, for profiling)";
+
 fn main() -> ExitCode {
     match main_inner() {
         Ok(code) => code,
@@ -18,16 +22,53 @@ fn main() -> ExitCode {
 fn main_inner() -> anyhow::Result<ExitCode> {
     let mut quick = false;
     let mut out = None;
+    let mut serve = None;
+    let mut compare: Option<Vec<String>> = None;
+    let (mut rounds, mut secs) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--out" => out = args.next().map(PathBuf::from),
-            _ => anyhow::bail!("usage: aviary-bench [--quick] [--out FILE]"),
+            "--serve" => serve = args.next().zip(args.next()),
+            "--variants" => {
+                compare = args
+                    .next()
+                    .map(|v| v.split(',').map(str::to_string).collect())
+            }
+            "--rounds" => rounds = args.next().map(|v| v.parse()).transpose()?,
+            "--secs" => secs = args.next().map(|v| v.parse()).transpose()?,
+            _ => anyhow::bail!("{USAGE}"),
         }
     }
-    let root = aviary_sim::workspace_root().ok_or_else(|| anyhow::anyhow!("workspace root not found"))?;
-    let opts = if quick { Options::quick(root) } else { Options::full(root) };
+    let root =
+        aviary_sim::workspace_root().ok_or_else(|| anyhow::anyhow!("workspace root not found"))?;
+    if let Some((variant, secs)) = serve {
+        aviary_bench::serve(
+            &Options::full(root),
+            &variant,
+            std::time::Duration::from_secs(secs.parse()?),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut opts = if quick {
+        Options::quick(root)
+    } else {
+        Options::full(root)
+    };
+    opts.rounds = rounds.unwrap_or(opts.rounds);
+    opts.run_secs = secs.unwrap_or(opts.run_secs);
+    if let Some(keys) = compare {
+        let res = aviary_bench::compare(&opts, &keys)?;
+        for p in &res.problems {
+            eprintln!("problem: {p}");
+        }
+        return Ok(if res.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let r = run(opts)?;
     let text = report::markdown(&r);
     match out {
@@ -41,5 +82,9 @@ fn main_inner() -> anyhow::Result<ExitCode> {
     for p in &problems {
         eprintln!("problem: {p}");
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use aviary_sim::HttpRequest;
 
-use crate::variants::{aviary_routes, percent_config, proxy_builder, router, start_upstream, wasm_config, Upstreams};
+use crate::variants::{
+    aviary_routes, percent_config, proxy_builder, router, start_upstream, wasm_config, Upstreams,
+};
 use crate::Options;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,7 +28,10 @@ pub struct VmMemory {
 
 impl VmMemory {
     fn get(&self, name: &str) -> Option<&[Footprint]> {
-        self.setups.iter().find(|(n, _)| *n == name).map(|(_, f)| f.as_slice())
+        self.setups
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f.as_slice())
     }
 
     /// Bytes per VM by RSS and by Envoy's own allocator, for `name` ("aviary" or "noop").
@@ -41,38 +46,64 @@ impl VmMemory {
     }
 }
 
-const WORKERS: [usize; 2] = [1, 3];
+/// Four extra workers, so four extra VMs stand out from the allocator's noise.
+const WORKERS: [usize; 2] = [1, 5];
 
 pub fn run(opts: &Options, stats: &str) -> anyhow::Result<VmMemory> {
     let (_upstream, ports) = start_upstream()?;
     let mut out = VmMemory::default();
     let filters = [
         ("none", serde_json::json!([router()])),
-        ("noop", serde_json::json!([{"name": "noop", "typed_config": wasm_config("noop", &opts.wasms.noop, None)}, router()])),
-        ("aviary", serde_json::json!([{"name": "aviary", "typed_config": wasm_config("aviary", &opts.wasms.aviary, Some(&percent_config()))}, router()])),
+        (
+            "noop",
+            serde_json::json!([{"name": "noop", "typed_config": wasm_config("noop", &opts.wasms.noop, None)}, router()]),
+        ),
+        (
+            "aviary",
+            serde_json::json!([{"name": "aviary", "typed_config": wasm_config("aviary", &opts.wasms.aviary, Some(&percent_config().to_string()))}, router()]),
+        ),
     ];
     for (name, f) in filters {
         let mut prints = Vec::new();
         for workers in WORKERS {
-            prints.push(footprint(stats, &f, ports, workers, &mut out.problems, name)?);
+            prints.push(footprint(
+                stats,
+                &f,
+                ports,
+                workers,
+                &mut out.problems,
+                name,
+            )?);
         }
         out.setups.push((name, prints));
     }
     Ok(out)
 }
 
-fn footprint(stats: &str, filters: &serde_json::Value, ports: Upstreams, workers: usize, problems: &mut Vec<String>, name: &str) -> anyhow::Result<Footprint> {
-    let envoy = proxy_builder(stats, &aviary_routes(), filters, ports).concurrency(workers).start()?;
+fn footprint(
+    stats: &str,
+    filters: &serde_json::Value,
+    ports: Upstreams,
+    workers: usize,
+    problems: &mut Vec<String>,
+    name: &str,
+) -> anyhow::Result<Footprint> {
+    let envoy = proxy_builder(stats, &aviary_routes(), filters, ports)
+        .concurrency(workers)
+        .start()?;
     let url = format!("http://127.0.0.1:{}", envoy.listener_port("ingress")?);
     // Requests on fresh connections, so every worker has served some.
     for _ in 0..20 * workers {
-        let r = aviary_sim::http::request(&url, HttpRequest::get("/predict"), Duration::from_secs(2))?;
+        let r =
+            aviary_sim::http::request(&url, HttpRequest::get("/predict"), Duration::from_secs(2))?;
         if r.status != 200 {
             problems.push(format!("memory run {name}/{workers}: status {}", r.status));
         }
     }
     std::thread::sleep(Duration::from_millis(1200));
-    let vms = envoy.stat("wasm.envoy.wasm.runtime.v8.active")?.unwrap_or(0);
+    let vms = envoy
+        .stat("wasm.envoy.wasm.runtime.v8.active")?
+        .unwrap_or(0);
     Ok(Footprint {
         workers,
         vms,

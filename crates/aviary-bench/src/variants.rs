@@ -20,24 +20,62 @@ pub enum Variant {
     NativeSplit,
     Noop,
     AviaryPercent,
+    AviarySplitNoStamp,
     AviarySticky,
     NativeMirror,
     AviaryShadow,
     AviaryShadowCompare,
     AviaryScores,
+    ProbeMetrics,
+    ProbeMinimal,
+    ProbeSplit,
+    ProbeSticky,
+    ProbeLookups,
+    ProbeMirror,
+    ProbeMirrorNow,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 10] = [
         Variant::NoFilter,
         Variant::NativeSplit,
         Variant::Noop,
         Variant::AviaryPercent,
+        Variant::AviarySplitNoStamp,
         Variant::AviarySticky,
         Variant::NativeMirror,
         Variant::AviaryShadow,
         Variant::AviaryShadowCompare,
         Variant::AviaryScores,
+    ];
+
+    /// The no-op module as a probe making the host calls named (see crates/aviary-noop): what
+    /// each kind of host call costs in this Envoy.
+    pub const PROBES: [Variant; 7] = [
+        Variant::ProbeMetrics,
+        Variant::ProbeMinimal,
+        Variant::ProbeSplit,
+        Variant::ProbeSticky,
+        Variant::ProbeLookups,
+        Variant::ProbeMirror,
+        Variant::ProbeMirrorNow,
+    ];
+
+    /// Pairs measured side by side (see `throughput::Pair`): each pair's first is the
+    /// reference. The no-op filter against itself shows the method's noise floor.
+    pub const PAIRS: [(Variant, Variant); 12] = [
+        (Variant::Noop, Variant::Noop),
+        (Variant::Noop, Variant::AviaryPercent),
+        (Variant::Noop, Variant::AviarySplitNoStamp),
+        (Variant::Noop, Variant::AviarySticky),
+        (Variant::Noop, Variant::ProbeSplit),
+        (Variant::Noop, Variant::ProbeMetrics),
+        (Variant::Noop, Variant::ProbeMinimal),
+        (Variant::ProbeSplit, Variant::ProbeSticky),
+        (Variant::ProbeSplit, Variant::ProbeLookups),
+        (Variant::NativeMirror, Variant::AviaryShadow),
+        (Variant::NativeMirror, Variant::ProbeMirror),
+        (Variant::NativeMirror, Variant::ProbeMirrorNow),
     ];
 
     /// The variants of the fixed-rate latency runs.
@@ -55,11 +93,19 @@ impl Variant {
             Variant::NativeSplit => "native-split",
             Variant::Noop => "noop",
             Variant::AviaryPercent => "aviary-split",
+            Variant::AviarySplitNoStamp => "aviary-split-nostamp",
             Variant::AviarySticky => "aviary-sticky",
             Variant::NativeMirror => "native-mirror",
             Variant::AviaryShadow => "aviary-shadow",
             Variant::AviaryShadowCompare => "aviary-shadow-compare",
             Variant::AviaryScores => "aviary-scores",
+            Variant::ProbeMetrics => "probe-metrics",
+            Variant::ProbeMinimal => "probe-minimal",
+            Variant::ProbeSplit => "probe-split",
+            Variant::ProbeSticky => "probe-sticky",
+            Variant::ProbeLookups => "probe-lookups",
+            Variant::ProbeMirror => "probe-mirror",
+            Variant::ProbeMirrorNow => "probe-mirror-now",
         }
     }
 
@@ -69,11 +115,33 @@ impl Variant {
             Variant::NativeSplit => "Native weighted_clusters 90/10",
             Variant::Noop => "No-op Rust wasm filter",
             Variant::AviaryPercent => "Aviary percentage split 90/10",
+            Variant::AviarySplitNoStamp => "Aviary percentage split 90/10, stamping off",
             Variant::AviarySticky => "Aviary sticky split, 5 rules",
             Variant::NativeMirror => "Native request_mirror_policies 100%",
             Variant::AviaryShadow => "Aviary shadow 100%",
             Variant::AviaryShadowCompare => "Aviary shadow 100% + compare",
             Variant::AviaryScores => "Aviary split 90/10 + score extraction",
+            Variant::ProbeMetrics => "Probe: 2 counters, 2 clock reads, 1 histogram",
+            Variant::ProbeMinimal => "Probe: routing header, :status read, stamp only",
+            Variant::ProbeSplit => "Probe: all host calls of the percentage split",
+            Variant::ProbeSticky => "Probe: all host calls of the sticky split",
+            Variant::ProbeLookups => "Probe: the split's calls + the 6 headers the sticky config reads, one lookup each",
+            Variant::ProbeMirror => "Probe: copy every request to the shadow from the root context on a 5 ms tick (as Aviary)",
+            Variant::ProbeMirrorNow => "Probe: the same copy at once from the stream's context",
+        }
+    }
+
+    /// The host calls a probe variant makes per request (crates/aviary-noop).
+    pub fn probe_ops(self) -> Option<&'static str> {
+        match self {
+            Variant::ProbeMetrics => Some("count,clock,record"),
+            Variant::ProbeMinimal => Some("route,status,stamp"),
+            Variant::ProbeSplit => Some("route,count,clock,status,stamp,record"),
+            Variant::ProbeSticky => Some("headers,route,count,clock,status,stamp,record"),
+            Variant::ProbeLookups => Some("lookups,route,count,clock,status,stamp,record"),
+            Variant::ProbeMirror => Some("mirror"),
+            Variant::ProbeMirrorNow => Some("mirror-now"),
+            _ => None,
         }
     }
 
@@ -81,6 +149,11 @@ impl Variant {
     pub fn plugin_config(self) -> Option<Value> {
         match self {
             Variant::AviaryPercent => Some(percent_config()),
+            Variant::AviarySplitNoStamp => {
+                let mut c = percent_config();
+                c["stampHeader"] = json!("");
+                Some(c)
+            }
             Variant::AviarySticky => Some(sticky_config(5)),
             Variant::AviaryShadow => Some(shadow_config(false)),
             Variant::AviaryShadowCompare => Some(shadow_config(true)),
@@ -96,7 +169,11 @@ impl Variant {
     /// The canary's expected share of primary traffic, for the sanity check of each run.
     pub fn canary_share(self) -> f64 {
         match self {
-            Variant::NativeSplit | Variant::AviaryPercent | Variant::AviarySticky | Variant::AviaryScores => 0.10,
+            Variant::NativeSplit
+            | Variant::AviaryPercent
+            | Variant::AviarySplitNoStamp
+            | Variant::AviarySticky
+            | Variant::AviaryScores => 0.10,
             _ => 0.0,
         }
     }
@@ -105,18 +182,28 @@ impl Variant {
     pub fn mirrors(self) -> bool {
         matches!(
             self,
-            Variant::NativeMirror | Variant::AviaryShadow | Variant::AviaryShadowCompare
+            Variant::NativeMirror
+                | Variant::AviaryShadow
+                | Variant::AviaryShadowCompare
+                | Variant::ProbeMirror
+                | Variant::ProbeMirrorNow
         )
     }
 
     fn routes(self) -> Value {
         match self {
-            Variant::NoFilter | Variant::Noop => json!([{"match": {"prefix": "/"}, "route": {"cluster": "stable"}}]),
-            Variant::NativeSplit => json!([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {
-                "clusters": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}]}}}]),
-            Variant::NativeMirror => json!([{"match": {"prefix": "/"}, "route": {"cluster": "stable",
+            Variant::NoFilter | Variant::Noop => {
+                json!([{"match": {"prefix": "/"}, "route": {"cluster": "stable"}}])
+            }
+            Variant::NativeSplit => {
+                json!([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {
+                "clusters": [{"name": "stable", "weight": 90}, {"name": "canary", "weight": 10}]}}}])
+            }
+            Variant::NativeMirror => {
+                json!([{"match": {"prefix": "/"}, "route": {"cluster": "stable",
                 "request_mirror_policies": [{"cluster": "shadow",
-                    "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}}]}}]),
+                    "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}}]}}])
+            }
             _ => aviary_routes(),
         }
     }
@@ -125,7 +212,16 @@ impl Variant {
         match self {
             Variant::NoFilter | Variant::NativeSplit | Variant::NativeMirror => json!([router()]),
             Variant::Noop => json!([wasm_filter("noop", &wasms.noop, None), router()]),
-            _ => json!([wasm_filter("aviary", &wasms.aviary, self.plugin_config().as_ref()), router()]),
+            _ if self.probe_ops().is_some() => {
+                json!([wasm_filter("noop", &wasms.noop, self.probe_ops()), router()])
+            }
+            _ => {
+                let plugin = self.plugin_config().map(|c| c.to_string());
+                json!([
+                    wasm_filter("aviary", &wasms.aviary, plugin.as_deref()),
+                    router()
+                ])
+            }
         }
     }
 }
@@ -151,20 +247,20 @@ pub fn router() -> Value {
 }
 
 /// The Wasm filter's typed config, as in envoy/aviary-header-match.yaml.
-pub fn wasm_config(name: &str, wasm: &Path, plugin: Option<&Value>) -> Value {
+pub fn wasm_config(name: &str, wasm: &Path, configuration: Option<&str>) -> Value {
     let mut config = json!({
         "name": name,
         "root_id": name,
         "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": wasm.display().to_string()}}},
     });
-    if let Some(p) = plugin {
-        config["configuration"] = json!({"@type": STRING_TYPE, "value": p.to_string()});
+    if let Some(c) = configuration {
+        config["configuration"] = json!({"@type": STRING_TYPE, "value": c});
     }
     json!({"@type": WASM_TYPE, "config": config})
 }
 
-fn wasm_filter(name: &str, wasm: &Path, plugin: Option<&Value>) -> Value {
-    json!({"name": name, "typed_config": wasm_config(name, wasm, plugin)})
+fn wasm_filter(name: &str, wasm: &Path, configuration: Option<&str>) -> Value {
+    json!({"name": name, "typed_config": wasm_config(name, wasm, configuration)})
 }
 
 /// The filter listed through ECDS from a file Envoy watches.
@@ -189,9 +285,11 @@ pub fn sticky_config(rules: usize) -> Value {
 
 /// The shadow phase: all live traffic on the baseline, every request mirrored.
 fn shadow_config(compare: bool) -> Value {
-    let mut shadow = json!({"targets": [{"version": "canary", "cluster": "shadow"}], "share": 10000});
+    let mut shadow =
+        json!({"targets": [{"version": "canary", "cluster": "shadow"}], "share": 10000});
     if compare {
-        shadow["compare"] = json!({"labelPointer": "/prediction/label", "scorePointer": "/prediction/score"});
+        shadow["compare"] =
+            json!({"labelPointer": "/prediction/label", "scorePointer": "/prediction/score"});
     }
     json!({"service": "bench",
            "versions": [{"name": "stable", "weight": 10000}, {"name": "canary", "weight": 0}],
@@ -221,7 +319,8 @@ pub fn non_matching_rules(n: usize) -> Vec<Value> {
 /// The stats block of the shipped config, so the bench bootstraps tag metrics the same way.
 pub fn stats_config(root: &Path) -> anyhow::Result<String> {
     let path = root.join("envoy/aviary-header-match.yaml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let start = text
         .find("stats_flush_interval:")
         .ok_or_else(|| anyhow!("no stats_flush_interval in {}", path.display()))?;
@@ -268,7 +367,12 @@ pub fn proxy_builder(stats: &str, routes: &Value, filters: &Value, up: Upstreams
         .var("SHADOW_PORT", up.shadow)
 }
 
-pub fn start_variant(v: Variant, stats: &str, wasms: &Wasms, up: Upstreams) -> anyhow::Result<EnvoyProcess> {
+pub fn start_variant(
+    v: Variant,
+    stats: &str,
+    wasms: &Wasms,
+    up: Upstreams,
+) -> anyhow::Result<EnvoyProcess> {
     proxy_builder(stats, &v.routes(), &v.filters(wasms), up)
         .start()
         .with_context(|| format!("starting Envoy for {}", v.key()))

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ pub struct WrkResult {
     pub p99_ms: f64,
     pub non_2xx: u64,
     pub socket_errors: u64,
+    /// CPU time wrk itself used, ns.
+    pub cpu_ns: u64,
 }
 
 impl WrkResult {
@@ -27,10 +30,21 @@ impl WrkResult {
 /// Runs `wrk -t1 -c<connections> -d<secs>s --latency` against `url` with the Lua `script`.
 /// wrk stops itself after the duration; it is killed if it overruns by 10 s.
 pub fn run(url: &str, connections: usize, secs: u64, script: &Path) -> anyhow::Result<WrkResult> {
-    let out_path = std::env::temp_dir().join(format!("aviary-bench-wrk-{}.out", std::process::id()));
+    static RUN: AtomicU32 = AtomicU32::new(0);
+    let out_path = std::env::temp_dir().join(format!(
+        "aviary-bench-wrk-{}-{}.out",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
     let out = std::fs::File::create(&out_path)?;
+    let cpu_before = children_cpu_ns();
     let mut child = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"])
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+        ])
         .args(["--timeout", "2s", "-s"])
         .arg(script)
         .arg(url)
@@ -56,7 +70,22 @@ pub fn run(url: &str, connections: usize, secs: u64, script: &Path) -> anyhow::R
     if !status.success() {
         bail!("wrk failed ({status}):\n{text}");
     }
-    parse(&text).with_context(|| format!("parsing wrk output:\n{text}"))
+    let mut r = parse(&text).with_context(|| format!("parsing wrk output:\n{text}"))?;
+    r.cpu_ns = children_cpu_ns().saturating_sub(cpu_before);
+    Ok(r)
+}
+
+/// CPU time of this process's waited-for children. Envoys are only waited for when stopped,
+/// so across one wrk run the difference is wrk's own.
+fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
 }
 
 /// Parses wrk's report (with `--latency`).

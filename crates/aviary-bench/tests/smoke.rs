@@ -15,7 +15,14 @@ fn ensure_noop(opts: &Options) {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip1", "-p", "aviary-noop"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "aviary-noop",
+        ])
         .current_dir(&opts.root)
         .status()
         .expect("running cargo");
@@ -34,18 +41,37 @@ fn quick_bench_runs_every_variant_without_errors() {
     ensure_noop(&opts);
     let r = run(opts).unwrap();
     let problems = r.problems();
-    assert!(problems.is_empty(), "problems:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "problems:\n  {}",
+        problems.join("\n  ")
+    );
     for v in Variant::ALL {
         let runs = &r.throughput.runs[v.key()];
-        assert!(runs.iter().all(|x| x.wrk.requests > 0), "{}: no requests completed", v.key());
+        assert!(
+            runs.iter().all(|x| x.wrk.requests > 0),
+            "{}: no requests completed",
+            v.key()
+        );
     }
     for v in Variant::LATENCY {
-        assert!(!r.throughput.latency[v.key()].is_empty(), "{}: no fixed-rate run", v.key());
+        assert!(
+            !r.throughput.latency[v.key()].is_empty(),
+            "{}: no fixed-rate run",
+            v.key()
+        );
     }
     assert!(!r.control.ecds_ms.is_empty() && !r.control.rollbacks.is_empty());
     assert!(r.host.requests.iter().all(|c| c.ns.total() > 0.0));
     let md = report::markdown(&r);
-    for section in ["## Machine", "## Goals", "## 1–3.", "## 4.", "## 5.", "## 6."] {
+    for section in [
+        "## Machine",
+        "## Goals",
+        "## 1–3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+    ] {
         assert!(md.contains(section), "the report lacks {section}");
     }
 }
