@@ -52,6 +52,7 @@ system-deps:
 
 ## test: every test, against the real .wasm and the real Envoy
 test: build envoy system-deps
+	$(CARGO) build --release --target $(WASM_TARGET) -p aviary-noop
 	$(CARGO) test --workspace --no-fail-fast
 
 ## lint: formatting and clippy (the filter crate denies unwrap/expect/panic)
