@@ -144,8 +144,10 @@ impl Rig {
         let ecds = dir.join("ecds.json");
         let sink = EcdsFileSink::new(&ecds, "aviary", wasm().display().to_string());
         sink.write(initial).expect("initial ECDS write");
-        let stable = model("stable", |_| {});
-        let canary = model("canary", |_| {});
+        // 2 ms of service time: the plugin's histogram counts whole milliseconds, and the
+        // tests read its sum.
+        let stable = model("stable", |c| c.latency = aviary_sim::Latency::fixed_ms(2.0));
+        let canary = model("canary", |c| c.latency = aviary_sim::Latency::fixed_ms(2.0));
         let envoys: Vec<EnvoyProcess> = (0..n)
             .map(|_| start_envoy(&ecds, &stable, &canary))
             .collect();
