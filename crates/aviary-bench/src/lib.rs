@@ -125,16 +125,12 @@ pub fn run(opts: Options) -> anyhow::Result<Report> {
     let stats = variants::stats_config(&opts.root)?;
     let script = opts.root.join("crates/aviary-bench/envoy/user-keys.lua");
     eprintln!("== throughput and latency (items 1-3)");
-    let all: Vec<variants::Variant> = variants::Variant::ALL
-        .into_iter()
-        .chain(variants::Variant::PROBES)
-        .collect();
     let throughput = throughput::run(
         &opts,
         &opts.wasms,
         &stats,
         &script,
-        &all,
+        &variants::Variant::ALL,
         &variants::Variant::PAIRS,
     )?;
     eprintln!("== memory per VM (item 5)");
@@ -162,15 +158,13 @@ pub fn run(opts: Options) -> anyhow::Result<Report> {
 
 /// The variant named `key`.
 pub fn variant(key: &str) -> anyhow::Result<variants::Variant> {
-    let mut all = variants::Variant::ALL
-        .into_iter()
-        .chain(variants::Variant::PROBES);
-    all.find(|v| v.key() == key).ok_or_else(|| {
-        let keys: Vec<&str> = variants::Variant::ALL
+    let every = || {
+        variants::Variant::ALL
             .into_iter()
             .chain(variants::Variant::PROBES)
-            .map(|v| v.key())
-            .collect();
+    };
+    every().find(|v| v.key() == key).ok_or_else(|| {
+        let keys: Vec<&str> = every().map(|v| v.key()).collect();
         anyhow::anyhow!("unknown variant {key}; one of: {}", keys.join(", "))
     })
 }

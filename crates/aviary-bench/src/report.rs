@@ -191,6 +191,19 @@ pub fn markdown(r: &Report) -> String {
         m.load_at_start
     );
 
+    let other = r.throughput.other_load();
+    let _ = writeln!(
+        s,
+        "**Other load**: while the throughput runs ran, processes other than the ones measured used \
+         a median of {other:.2} cores of {}.{}\n",
+        m.cores,
+        if other > 0.3 {
+            " **This run was disturbed**: the ratios below are less reliable than usual (see the \
+             noise floor in the goals table); rerun `make bench` when the machine is quiet."
+        } else {
+            " The machine was quiet enough; the noise floor in the goals table shows what drift remained."
+        }
+    );
     let _ = writeln!(
         s,
         "## Goals\n\nThroughput ratios twice: *req/s* is the ratio of median req/s over the \
@@ -200,11 +213,15 @@ pub fn markdown(r: &Report) -> String {
          | Goal | Target | Measured (req/s) | Side by side | Status |\n|---|---|---|---|---|"
     );
     for g in goals(r) {
-        let status = match g.met {
+        let mut status = match g.met {
             Some(true) => "met",
             Some(false) => "**missed**",
             None => "reference",
-        };
+        }
+        .to_string();
+        if other > 0.3 && g.paired.is_some() && g.met.is_some() {
+            status.push_str(" (disturbed run)");
+        }
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |",
@@ -261,8 +278,9 @@ fn method(s: &mut String, r: &Report) {
          in every run (req/s × CPU per request stays near one core), so the throughput ratio of two \
          variants is the inverse ratio of their CPU per request.\n\
          - **Side by side**: on this machine the same variant's CPU per request moves by up to half \
-         between runs a few seconds apart (other tenants of the host; nothing else runs in the VM, \
-         see *other load*), which swamps differences of a few percent. So the key pairs are also \
+         between runs a few seconds apart, even when nothing else runs in this VM (the host's other \
+         tenants; *other load* shows when something in the VM does), which swamps differences of a \
+         few percent. So the key pairs are also \
          measured loaded at the same time, each by its own wrk with {h} connections, for {d} s, \
          {n} rounds; the ratio of their CPU per request cancels most of that drift. The no-op filter \
          paired with a second no-op instance shows what is left.\n\
@@ -581,7 +599,7 @@ fn profile(s: &mut String, r: &Report) {
          the variant's throughput relative to the reference when the proxy's CPU is the limit. The \
          *probes* are the no-op module configured to make exactly the named proxy-wasm host calls \
          where Aviary makes them (crates/aviary-noop), and nothing else.\n\n\
-         | Reference → variant | isolates | reference µs/req | variant µs/req | ratio |\n|---|---|---|---|---|",
+         | Reference → variant | isolates | reference µs/req | variant µs/req | ratio | other load |\n|---|---|---|---|---|---|",
         r.opts.connections / 2,
         r.opts.run_secs,
         r.opts.rounds
@@ -591,7 +609,7 @@ fn profile(s: &mut String, r: &Report) {
         let q = p.ratios();
         let _ = writeln!(
             s,
-            "| {} → {} | {} | {:.1} | {:.1} | {:.2}x [{:.2}–{:.2}] |",
+            "| {} → {} | {} | {:.1} | {:.1} | {:.2}x [{:.2}–{:.2}] | {:.2} |",
             p.reference.key(),
             p.variant.key(),
             isolates(p.reference, p.variant),
@@ -599,7 +617,8 @@ fn profile(s: &mut String, r: &Report) {
             b.median,
             q.median,
             q.min,
-            q.max
+            q.max,
+            Spread::of(p.other_load.iter().copied()).median
         );
     }
     let _ = writeln!(s, "\n{}", findings(r));

@@ -52,6 +52,8 @@ pub struct Pair {
     pub variant: Variant,
     /// CPU µs per request of the reference and the variant, per round.
     pub cpu_us: Vec<(f64, f64)>,
+    /// Other load per round, as in [`Run::other_load`].
+    pub other_load: Vec<f64>,
 }
 
 impl Pair {
@@ -111,6 +113,13 @@ impl Results {
 
     pub fn latency(&self, v: Variant, f: impl Fn(&LatencyRun) -> f64) -> Spread {
         Spread::of(self.latency.get(v.key()).into_iter().flatten().map(f))
+    }
+
+    /// Median other load over every one-at-a-time and side-by-side run.
+    pub fn other_load(&self) -> f64 {
+        let runs = self.runs.values().flatten().map(|r| r.other_load);
+        let pairs = self.pairs.iter().flat_map(|p| p.other_load.iter().copied());
+        Spread::of(runs.chain(pairs)).median
     }
 
     pub fn pair(&self, reference: Variant, variant: Variant) -> Option<&Pair> {
@@ -198,6 +207,36 @@ pub fn run(
         );
         res.upstream_alone.push(w);
     }
+    side_by_side_rounds(&proxies, &twins, &upstream, pairs, opts, script, &mut res)?;
+    fixed_rate_rounds(&proxies, opts, &mut res)?;
+    for p in &proxies {
+        let rss = p
+            .envoy
+            .pid()
+            .and_then(crate::procstat::rss_kib)
+            .unwrap_or(0);
+        let allocated = p.envoy.stat("server.memory_allocated")?.unwrap_or(0);
+        res.memory.insert(p.variant.key(), (rss, allocated));
+        if p.variant == Variant::AviaryPercent {
+            res.wasm_stats = p.envoy.stats(Some(r"^wasm\."))?;
+        }
+        if let Some(problem) = log_problem(&p.envoy) {
+            res.problems.push(format!("{}: {problem}", p.variant.key()));
+        }
+    }
+    Ok(res)
+}
+
+/// Every pair, side by side, once per round.
+fn side_by_side_rounds(
+    proxies: &[Proxy],
+    twins: &[Proxy],
+    upstream: &EnvoyProcess,
+    pairs: &[(Variant, Variant)],
+    opts: &Options,
+    script: &Path,
+    res: &mut Results,
+) -> anyhow::Result<()> {
     for round in 0..opts.rounds {
         for &(a, b) in pairs {
             let pa = proxies.iter().find(|p| p.variant == a);
@@ -209,9 +248,9 @@ pub fn run(
             let (Some(pa), Some(pb)) = (pa, pb) else {
                 continue;
             };
-            let (ca, cb) = side_by_side(pa, pb, opts, script, &mut res.problems)?;
+            let (ca, cb, other) = side_by_side(pa, pb, upstream, opts, script, &mut res.problems)?;
             eprintln!(
-                "pair round {} {} {ca:.1} µs/req, {} {cb:.1} µs/req: {:.3}",
+                "pair round {} {} {ca:.1} µs/req, {} {cb:.1} µs/req: {:.3}  other load {other:.2}",
                 round + 1,
                 a.key(),
                 b.key(),
@@ -222,15 +261,24 @@ pub fn run(
                 .iter_mut()
                 .find(|p| p.reference == a && p.variant == b)
             {
-                Some(p) => p.cpu_us.push((ca, cb)),
+                Some(p) => {
+                    p.cpu_us.push((ca, cb));
+                    p.other_load.push(other);
+                }
                 None => res.pairs.push(Pair {
                     reference: a,
                     variant: b,
                     cpu_us: vec![(ca, cb)],
+                    other_load: vec![other],
                 }),
             }
         }
     }
+    Ok(())
+}
+
+/// Latency at a fixed, moderate rate.
+fn fixed_rate_rounds(proxies: &[Proxy], opts: &Options, res: &mut Results) -> anyhow::Result<()> {
     for round in 0..opts.latency_rounds {
         for p in proxies
             .iter()
@@ -257,37 +305,26 @@ pub fn run(
             res.latency.entry(p.variant.key()).or_default().push(r);
         }
     }
-    for p in &proxies {
-        let rss = p
-            .envoy
-            .pid()
-            .and_then(crate::procstat::rss_kib)
-            .unwrap_or(0);
-        let allocated = p.envoy.stat("server.memory_allocated")?.unwrap_or(0);
-        res.memory.insert(p.variant.key(), (rss, allocated));
-        if p.variant == Variant::AviaryPercent {
-            res.wasm_stats = p.envoy.stats(Some(r"^wasm\."))?;
-        }
-        if let Some(problem) = log_problem(&p.envoy) {
-            res.problems.push(format!("{}: {problem}", p.variant.key()));
-        }
-    }
-    Ok(res)
+    Ok(())
 }
 
-/// Loads both proxies at once, each with half the connections; returns their CPU µs per request.
+/// Loads both proxies at once, each with half the connections; returns their CPU µs per
+/// request and the other load meanwhile.
 fn side_by_side(
     a: &Proxy,
     b: &Proxy,
+    upstream: &EnvoyProcess,
     opts: &Options,
     script: &Path,
     problems: &mut Vec<String>,
-) -> anyhow::Result<(f64, f64)> {
-    let pids: Vec<u32> = [a.envoy.pid(), b.envoy.pid()]
+) -> anyhow::Result<(f64, f64, f64)> {
+    let pids: Vec<u32> = [a.envoy.pid(), b.envoy.pid(), upstream.pid()]
         .into_iter()
         .flatten()
         .collect();
     let cpu = CpuMeter::start(&pids);
+    let busy = crate::procstat::machine_busy_ns();
+    let wrks = wrk::children_cpu_ns();
     let half = (opts.connections / 2).max(1);
     let (wa, wb) = thread::scope(|s| {
         let ta = s.spawn(|| wrk::run(&a.url, half, opts.run_secs, script));
@@ -295,6 +332,9 @@ fn side_by_side(
         (ta.join(), tb.join())
     });
     let used = cpu.stop();
+    let busy = crate::procstat::machine_busy_ns().saturating_sub(busy);
+    let ours = used.iter().sum::<u64>() + wrk::children_cpu_ns().saturating_sub(wrks);
+    let other = busy.saturating_sub(ours) as f64 / (opts.run_secs as f64 * 1e9);
     let joined = |r: std::thread::Result<anyhow::Result<WrkResult>>| {
         r.map_err(|_| anyhow::anyhow!("a wrk thread panicked"))?
     };
@@ -311,7 +351,7 @@ fn side_by_side(
     let per = |ns: Option<&u64>, w: &WrkResult| {
         ns.copied().unwrap_or(0) as f64 / 1000.0 / w.requests.max(1) as f64
     };
-    Ok((per(used.first(), &wa), per(used.get(1), &wb)))
+    Ok((per(used.first(), &wa), per(used.get(1), &wb), other))
 }
 
 fn measure(

@@ -76,8 +76,8 @@ pub fn run(url: &str, connections: usize, secs: u64, script: &Path) -> anyhow::R
 }
 
 /// CPU time of this process's waited-for children. Envoys are only waited for when stopped,
-/// so across one wrk run the difference is wrk's own.
-fn children_cpu_ns() -> u64 {
+/// so across wrk runs the difference is wrk's own.
+pub fn children_cpu_ns() -> u64 {
     // SAFETY: getrusage only writes the struct it is given.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
