@@ -545,8 +545,9 @@ impl Stream {
                 Err(extract::Unusable::BodyTooLarge)
             } else {
                 parsed
-                    .clone()
-                    .and_then(|val| extract::from_value(&val, None, Some(&sc.pointer)))
+                    .as_ref()
+                    .map_err(|u| *u)
+                    .and_then(|val| extract::from_value(val, None, Some(&sc.pointer)))
             };
             match result.map(|f| f.score) {
                 Ok(Some(score)) => {

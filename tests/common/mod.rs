@@ -30,17 +30,8 @@ pub fn envoy_file(name: &str) -> String {
 /// Turns a shipped config into a template: free ports, absolute wasm path, ECDS file in the
 /// instance's work dir, and the given plugin JSON.
 pub fn template(file: &str, plugin_json: &str) -> String {
-    let mut t = envoy_file(file)
-        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
-        .replace("port_value: 10000", "port_value: 0")
-        .replace("port_value: 8081", "port_value: {{STABLE_PORT}}")
-        .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
-        .replace("port_value: 8083", "port_value: {{SHADOW_PORT}}")
-        .replace("target/wasm32-wasip1/release/aviary.wasm", "{{WASM}}")
-        .replace(
-            "path: envoy/aviary-ecds-config.yaml",
-            "path: {{WORK_DIR}}/ecds.yaml",
-        );
+    let mut t = aviary_sim::shipped_config_template(&envoy_file(file))
+        .replace("path: {{ECDS}}", "path: {{WORK_DIR}}/ecds.yaml");
     if let Some(start) = t.find("value: |\n") {
         let end = t[start..]
             .find("\n          - name: envoy.filters.http.router")

@@ -172,6 +172,22 @@ pub fn free_port() -> anyhow::Result<u16> {
     bail!("could not find a free port after 100 attempts")
 }
 
+/// Turns one of the repository's `envoy/*.yaml` configs into a template runnable anywhere:
+/// admin on `{{ADMIN_PORT}}`, the listener on a free port (read it back with
+/// [`EnvoyProcess::listener_port`]), the baseline, canary and shadow upstreams on
+/// `{{STABLE_PORT}}`, `{{CANARY_PORT}}` and `{{SHADOW_PORT}}`, the module at `{{WASM}}` and the
+/// ECDS resource at `{{ECDS}}`.
+pub fn shipped_config_template(config: &str) -> String {
+    config
+        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 8081", "port_value: {{STABLE_PORT}}")
+        .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
+        .replace("port_value: 8083", "port_value: {{SHADOW_PORT}}")
+        .replace("target/wasm32-wasip1/release/aviary.wasm", "{{WASM}}")
+        .replace("path: envoy/aviary-ecds-config.yaml", "path: {{ECDS}}")
+}
+
 /// Substitutes every `{{NAME}}` in `template` with `vars[NAME]`. Names are
 /// `[A-Za-z0-9_]+`; an unknown name is an error naming it, so a typo cannot produce a config
 /// that silently points somewhere else.

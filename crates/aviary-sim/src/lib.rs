@@ -43,8 +43,8 @@ pub mod modelserver;
 pub mod rng;
 
 pub use envoy::{
-    find_envoy, find_wasm, free_port, render_template, validate, validate_yaml, workspace_root,
-    EnvoyBuilder, EnvoyProcess,
+    find_envoy, find_wasm, free_port, render_template, shipped_config_template, validate,
+    validate_yaml, workspace_root, EnvoyBuilder, EnvoyProcess,
 };
 pub use http::{HttpConnection, HttpRequest, HttpResponse, Url};
 pub use loadgen::{run as run_load, LoadConfig, LoadReport, LoadSummary};

@@ -359,13 +359,9 @@ fn start_envoy(
     canary: &ModelServer,
     ecds: &Path,
 ) -> Result<(EnvoyProcess, String), DemoError> {
-    let template = std::fs::read_to_string(&o.envoy_config)
-        .map_err(setup("reading the Envoy config"))?
-        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
-        .replace("port_value: 10000", "port_value: 0")
-        .replace("port_value: 8081", "port_value: {{STABLE_PORT}}")
-        .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
-        .replace("path: envoy/aviary-ecds-config.yaml", "path: {{ECDS}}");
+    let template = aviary_sim::shipped_config_template(
+        &std::fs::read_to_string(&o.envoy_config).map_err(setup("reading the Envoy config"))?,
+    );
     let mut b = EnvoyBuilder::new(template)
         .var("STABLE_PORT", stable.port())
         .var("CANARY_PORT", canary.port())

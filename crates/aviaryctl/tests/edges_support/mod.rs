@@ -96,12 +96,7 @@ pub fn plugin_config(canary_bps: u32) -> PluginConfig {
 pub fn envoy_template() -> String {
     let shipped = std::fs::read_to_string(root().join("envoy/aviary-ecds.yaml"))
         .expect("reading envoy/aviary-ecds.yaml");
-    let t = shipped
-        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
-        .replace("port_value: 10000", "port_value: 0")
-        .replace("port_value: 8081", "port_value: {{STABLE_PORT}}")
-        .replace("port_value: 8082", "port_value: {{CANARY_PORT}}")
-        .replace("path: envoy/aviary-ecds-config.yaml", "path: {{ECDS}}");
+    let t = aviary_sim::shipped_config_template(&shipped);
     assert!(
         t.contains("{{ECDS}}") && t.contains("{{STABLE_PORT}}"),
         "envoy/aviary-ecds.yaml changed shape; update edges_support"
