@@ -107,9 +107,9 @@ impl BodyBuffer {
         }
     }
 
-    /// The parsed body, if it fit in `limit` and is JSON.
-    pub fn parse(&self, limit: usize) -> Result<Value, Unusable> {
-        if self.overflowed || self.data.len() > limit {
+    /// The parsed body, if it fit in the buffer's limit and is JSON.
+    pub fn parse(&self) -> Result<Value, Unusable> {
+        if self.overflowed {
             return Err(Unusable::BodyTooLarge);
         }
         parse(&self.data)
@@ -165,6 +165,6 @@ mod tests {
         b.push(b"xx", 8);
         assert!(b.overflowed);
         assert!(b.data.is_empty());
-        assert_eq!(b.parse(100), Err(Unusable::BodyTooLarge));
+        assert_eq!(b.parse(), Err(Unusable::BodyTooLarge));
     }
 }

@@ -537,7 +537,7 @@ impl Stream {
         let ok = matches!(self.status, Some(200..=299));
         let body = self.response.take();
         let parsed = match (&body, ok) {
-            (Some(b), true) => Some(b.parse(b.data.len().max(1))),
+            (Some(b), true) => Some(b.parse()),
             _ => None,
         };
         if let (Some(sc), Some(parsed), Some(b)) = (&cfg.scores, &parsed, &body) {
@@ -607,9 +607,8 @@ impl Stream {
         host.increment(active.ids.responses[v][class], 1);
         let elapsed_ms = host.now_nanos().saturating_sub(self.start_ns) / 1_000_000;
         host.record(active.ids.duration[v], elapsed_ms);
-        if let Some(m) = self.mirror.take() {
-            // The request never completed, so its copy was never queued.
-            drop(m);
+        // The request never completed, so its copy was never queued.
+        if self.mirror.take().is_some() {
             let mut shadows = self.shadows.borrow_mut();
             for (id, t) in self.jobs.drain(..) {
                 shadows.cancel(id);
