@@ -1,6 +1,8 @@
 //! The single adapter from `Host` to proxy-wasm host calls, and the proxy-wasm contexts that
 //! forward callbacks to `filter`.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
@@ -9,6 +11,7 @@ use proxy_wasm::types::{self, Action, BufferType, ContextType, MapType, MetricTy
 
 use crate::filter::{Root, Stream};
 use crate::host::{Body, Host, LogLevel, MetricKind};
+use crate::tally::Tally;
 
 pub struct WasmHost;
 
@@ -132,11 +135,16 @@ fn getrandom_fill(buf: &mut [u8]) -> Result<(), ()> {
     Ok(())
 }
 
+thread_local! {
+    // One per VM (a VM is single-threaded): every root context the VM runs shares it.
+    static TALLY: Rc<RefCell<Tally>> = Rc::new(RefCell::new(Tally::default()));
+}
+
 pub struct AviaryRoot(Root);
 
 impl AviaryRoot {
     pub fn new() -> Self {
-        AviaryRoot(Root::new(&WasmHost))
+        AviaryRoot(Root::new(&WasmHost, TALLY.with(Rc::clone)))
     }
 }
 
@@ -147,6 +155,11 @@ impl Default for AviaryRoot {
 }
 
 impl Context for AviaryRoot {
+    fn on_done(&mut self) -> bool {
+        self.0.on_done(&WasmHost);
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,

@@ -45,6 +45,8 @@ pub struct PluginConfig {
     pub shadow: Option<ShadowConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<ScoresConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 pub(crate) fn default_service() -> String {
@@ -195,6 +197,25 @@ pub struct ScoresConfig {
     pub max_body_bytes: u32,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Upper bounds of the latency histogram's buckets in milliseconds; `+Inf` is implied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_buckets_ms: Option<Vec<f64>>,
+    /// How often counts gathered in the VM are sent to Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_interval_ms: Option<u32>,
+}
+
+/// Envoy's default histogram bounds below 30 s, with finer steps where model latencies live.
+pub const DEFAULT_LATENCY_BUCKETS_MS: [f64; 26] = [
+    0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0,
+    300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0, 30000.0,
+];
+pub const DEFAULT_FLUSH_INTERVAL_MS: u32 = 50;
+const MAX_FLUSH_INTERVAL_MS: u32 = 10_000;
+
 pub(crate) fn default_shadow_timeout() -> u32 {
     1000
 }
@@ -330,6 +351,7 @@ pub struct Compiled {
     pub kill_switch: Option<usize>,
     pub shadow: Option<CompiledShadow>,
     pub scores: Option<CompiledScores>,
+    pub metrics: CompiledMetrics,
     pub digest: u64,
     /// True if any rule or key needs the request's headers.
     pub needs_headers: bool,
@@ -380,6 +402,14 @@ pub struct CompiledShadow {
     pub authority_suffix: String,
     pub compare: Option<CompareConfig>,
     pub seed: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledMetrics {
+    pub latency_bounds_us: Vec<u64>,
+    /// The `le` label of each bound.
+    pub latency_labels: Vec<String>,
+    pub flush_interval_ms: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -678,26 +708,7 @@ fn compile(cfg: &PluginConfig, digest: u64) -> Result<Compiled, ConfigError> {
         None => None,
         Some(sc) => {
             check_json_pointer("scores.pointer".into(), &sc.pointer)?;
-            if sc.bounds.is_empty() || sc.bounds.len() > 64 {
-                return Err(ConfigError::new(
-                    "scores.bounds",
-                    "list 1 to 64 bin upper bounds, e.g. [0.1, 0.2, ..., 1.0]",
-                ));
-            }
-            for (i, w) in sc.bounds.windows(2).enumerate() {
-                if w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less) {
-                    return Err(ConfigError::new(
-                        format!("scores.bounds[{}]", i + 1),
-                        "bounds must be finite and strictly increasing",
-                    ));
-                }
-            }
-            if sc.bounds.iter().any(|b| !b.is_finite()) {
-                return Err(ConfigError::new(
-                    "scores.bounds",
-                    "bounds must be finite; the +Inf bin is implied",
-                ));
-            }
+            check_bounds("scores.bounds", &sc.bounds, "[0.1, 0.2, ..., 1.0]")?;
             Some(CompiledScores {
                 pointer: sc.pointer.clone(),
                 bounds: sc.bounds.clone(),
@@ -705,6 +716,8 @@ fn compile(cfg: &PluginConfig, digest: u64) -> Result<Compiled, ConfigError> {
             })
         }
     };
+
+    let metrics = compile_metrics(cfg.metrics.as_ref())?;
 
     Ok(Compiled {
         service: cfg.service.clone(),
@@ -718,8 +731,77 @@ fn compile(cfg: &PluginConfig, digest: u64) -> Result<Compiled, ConfigError> {
         kill_switch,
         shadow,
         scores,
+        metrics,
         digest,
         needs_headers,
+    })
+}
+
+/// Histogram or bin bounds: 1 to 64, finite and strictly increasing.
+fn check_bounds(field: &str, bounds: &[f64], example: &str) -> Result<(), ConfigError> {
+    if bounds.is_empty() || bounds.len() > 64 {
+        return Err(ConfigError::new(
+            field,
+            format!("list 1 to 64 upper bounds, e.g. {example}"),
+        ));
+    }
+    if let Some(i) = bounds.iter().position(|b| !b.is_finite()) {
+        return Err(ConfigError::new(
+            format!("{field}[{i}]"),
+            "bounds must be finite; the +Inf bin is implied",
+        ));
+    }
+    for (i, w) in bounds.windows(2).enumerate() {
+        if w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less) {
+            return Err(ConfigError::new(
+                format!("{field}[{}]", i + 1),
+                "bounds must be strictly increasing",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compile_metrics(m: Option<&MetricsConfig>) -> Result<CompiledMetrics, ConfigError> {
+    let field = "metrics.latencyBucketsMs";
+    let bounds = m
+        .and_then(|m| m.latency_buckets_ms.clone())
+        .unwrap_or_else(|| DEFAULT_LATENCY_BUCKETS_MS.to_vec());
+    check_bounds(field, &bounds, "[1, 5, 10, 50, 100, 500]")?;
+    let mut latency_bounds_us = Vec::with_capacity(bounds.len());
+    for (i, b) in bounds.iter().enumerate() {
+        if !(0.001..=3_600_000.0).contains(b) {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                "a bound must be from 0.001 (1 µs) to 3600000 (one hour)",
+            ));
+        }
+        let us = (b * 1000.0).round() as u64;
+        if latency_bounds_us.last().is_some_and(|p| *p >= us) {
+            return Err(ConfigError::new(
+                format!("{field}[{i}]"),
+                "bounds must differ by at least 0.001 ms (the histogram counts microseconds)",
+            ));
+        }
+        latency_bounds_us.push(us);
+    }
+    let latency_labels = latency_bounds_us
+        .iter()
+        .map(|us| crate::metrics::fmt_decimal(*us as f64 / 1000.0))
+        .collect();
+    let flush_interval_ms = m
+        .and_then(|m| m.flush_interval_ms)
+        .unwrap_or(DEFAULT_FLUSH_INTERVAL_MS);
+    if !(1..=MAX_FLUSH_INTERVAL_MS).contains(&flush_interval_ms) {
+        return Err(ConfigError::new(
+            "metrics.flushIntervalMs",
+            format!("{flush_interval_ms} is out of range; use 1 to {MAX_FLUSH_INTERVAL_MS} (milliseconds)"),
+        ));
+    }
+    Ok(CompiledMetrics {
+        latency_bounds_us,
+        latency_labels,
+        flush_interval_ms,
     })
 }
 

@@ -179,6 +179,7 @@ pub(crate) fn plugin_config(v: &Value) -> R<PluginConfig> {
             "killSwitch",
             "shadow",
             "scores",
+            "metrics",
         ],
     )?;
     if o.get("versions").is_none() {
@@ -202,6 +203,7 @@ pub(crate) fn plugin_config(v: &Value) -> R<PluginConfig> {
         kill_switch: o.opt_str("killSwitch")?,
         shadow: o.nested("shadow", shadow)?,
         scores: o.nested("scores", scores)?,
+        metrics: o.nested("metrics", metrics)?,
     })
 }
 
@@ -351,15 +353,27 @@ fn shadow(v: &Value, path: String) -> R<ShadowConfig> {
     })
 }
 
+fn numbers(v: &Value, path: String) -> R<f64> {
+    v.as_f64()
+        .ok_or_else(|| ConfigError::new(path, format!("expected a number, found {}", type_name(v))))
+}
+
+fn metrics(v: &Value, path: String) -> R<MetricsConfig> {
+    let o = obj(v, path, &["latencyBucketsMs", "flushIntervalMs"])?;
+    Ok(MetricsConfig {
+        latency_buckets_ms: match o.get("latencyBucketsMs") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(o.each("latencyBucketsMs", numbers)?),
+        },
+        flush_interval_ms: o.opt_u32("flushIntervalMs")?,
+    })
+}
+
 fn scores(v: &Value, path: String) -> R<ScoresConfig> {
     let o = obj(v, path, &["pointer", "bounds", "maxBodyBytes"])?;
     Ok(ScoresConfig {
         pointer: o.str("pointer")?,
-        bounds: o.each("bounds", |v, path| {
-            v.as_f64().ok_or_else(|| {
-                ConfigError::new(path, format!("expected a number, found {}", type_name(v)))
-            })
-        })?,
+        bounds: o.each("bounds", numbers)?,
         max_body_bytes: o
             .opt_u32("maxBodyBytes")?
             .unwrap_or_else(default_body_limit),

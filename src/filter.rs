@@ -17,10 +17,13 @@ use crate::shadow::{
     copy_header, unusable_index, Job, Outcome, Shadows, DIRECTIONS, RESULTS, SHADOW_CLASSES,
     UNCOMPARED, U_CAPACITY, U_PRIMARY_ERROR,
 };
+use crate::tally::{HistoNames, Tally};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Metric ids, resolved once per configuration so the request path never builds a name.
+/// Counters are `Tally` slots and `duration` is a `Tally` histogram; the shadow histograms are
+/// host metric ids.
 #[derive(Debug, Clone, Default)]
 pub struct MetricIds {
     pub requests: Vec<[u32; Reason::ALL.len()]>,
@@ -52,17 +55,24 @@ pub struct Root {
     pub active: Option<Rc<Active>>,
     pub rng: Rc<RefCell<SplitMix64>>,
     pub shadows: Rc<RefCell<Shadows>>,
+    pub tally: Rc<RefCell<Tally>>,
+    tick_ms: u32,
+    since_flush_ms: u32,
 }
 
 /// Tick period while shadows are configured: how long a queued mirror waits for dispatch.
 pub const SHADOW_TICK_MS: u32 = 5;
 
 impl Root {
-    pub fn new(host: &dyn Host) -> Root {
+    /// `tally` is the VM's, shared by every root context the VM runs.
+    pub fn new(host: &dyn Host, tally: Rc<RefCell<Tally>>) -> Root {
         Root {
             active: None,
             rng: Rc::new(RefCell::new(SplitMix64::new(host.random_u64()))),
-            shadows: Rc::new(RefCell::new(Shadows::default())),
+            shadows: Rc::new(RefCell::new(Shadows::new(tally.clone()))),
+            tally,
+            tick_ms: 0,
+            since_flush_ms: 0,
         }
     }
 
@@ -72,15 +82,16 @@ impl Root {
 
     /// Applies a new configuration, or rejects it and keeps the last good one.
     pub fn on_configure(&mut self, host: &dyn Host, raw: Option<&[u8]>) -> bool {
-        match activate(host, raw) {
+        match activate(host, &mut self.tally.borrow_mut(), raw) {
             Ok(active) => {
                 host.log(LogLevel::Info, &describe(&active.cfg));
-                let tick = if active.cfg.shadow.is_some() {
-                    SHADOW_TICK_MS
+                let flush = active.cfg.metrics.flush_interval_ms;
+                self.tick_ms = if active.cfg.shadow.is_some() {
+                    SHADOW_TICK_MS.min(flush)
                 } else {
-                    0
+                    flush
                 };
-                host.set_tick_period_ms(tick);
+                host.set_tick_period_ms(self.tick_ms);
                 self.active = Some(Rc::new(active));
                 true
             }
@@ -98,8 +109,22 @@ impl Root {
         }
     }
 
-    pub fn on_tick(&self, host: &dyn Host) {
+    pub fn on_tick(&mut self, host: &dyn Host) {
         self.shadows.borrow_mut().on_tick(host);
+        self.since_flush_ms = self.since_flush_ms.saturating_add(self.tick_ms);
+        let interval = self
+            .active
+            .as_ref()
+            .map_or(0, |a| a.cfg.metrics.flush_interval_ms);
+        if self.since_flush_ms >= interval {
+            self.since_flush_ms = 0;
+            self.tally.borrow_mut().flush(host);
+        }
+    }
+
+    /// The root context is going away: send what it counted.
+    pub fn on_done(&self, host: &dyn Host) {
+        self.tally.borrow_mut().flush(host);
     }
 
     pub fn on_http_call_response(
@@ -119,6 +144,7 @@ impl Root {
             active: self.active.clone(),
             rng: self.rng.clone(),
             shadows: self.shadows.clone(),
+            tally: self.tally.clone(),
             version: None,
             start_ns: 0,
             status: None,
@@ -161,24 +187,37 @@ fn describe(cfg: &Compiled) -> String {
     )
 }
 
-fn activate(host: &dyn Host, raw: Option<&[u8]>) -> Result<Active, ConfigError> {
+fn activate(host: &dyn Host, tally: &mut Tally, raw: Option<&[u8]>) -> Result<Active, ConfigError> {
     let raw = raw.filter(|r| !r.is_empty()).ok_or(ConfigError {
         field: String::new(),
         message: "no configuration given; set the plugin configuration to Aviary's JSON (README, \"Configuration\")".into(),
     })?;
     let cfg = crate::config::parse_and_compile(raw)?;
-    let ids = define_metrics(host, &cfg)?;
+    let ids = define_metrics(host, &RefCell::new(tally), &cfg)?;
     Ok(Active { cfg, ids })
 }
 
-fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigError> {
+fn refused(name: &str) -> ConfigError {
+    ConfigError {
+        field: String::new(),
+        message: format!("the host refused to define metric `{name}`"),
+    }
+}
+
+fn define_metrics(
+    host: &dyn Host,
+    tally: &RefCell<&mut Tally>,
+    cfg: &Compiled,
+) -> Result<MetricIds, ConfigError> {
     let svc = cfg.service.as_str();
     let define = |kind, base: &str, labels: &[(&str, &str)]| {
         let name = stat_name(base, labels);
-        host.define_metric(kind, &name).ok_or_else(|| ConfigError {
-            field: String::new(),
-            message: format!("the host refused to define metric `{name}`"),
-        })
+        let mut t = tally.borrow_mut();
+        match kind {
+            MetricKind::Counter => t.counter(host, &name),
+            _ => t.define(host, kind, &name),
+        }
+        .ok_or_else(|| refused(&name))
     };
     let per = |kind, base: &str, labels: &[(&str, &str)], key: &str, values: &[&str]| {
         values
@@ -223,8 +262,17 @@ fn define_metrics(host: &dyn Host, cfg: &Compiled) -> Result<MetricIds, ConfigEr
             "class",
             &CLASSES,
         )?));
-        ids.duration
-            .push(define(Histogram, metrics::DURATION, &labels)?);
+        let names = HistoNames {
+            base: metrics::DURATION,
+            labels: &labels,
+            bound_labels: &cfg.metrics.latency_labels,
+        };
+        ids.duration.push(
+            tally
+                .borrow_mut()
+                .histogram(host, names, &cfg.metrics.latency_bounds_us)
+                .ok_or_else(|| refused(metrics::DURATION))?,
+        );
         ids.score_bins
             .push(ids_for(Counter, metrics::SCORE_BINS, "bin", &bins)?);
         ids.score_skipped.push(match cfg.scores {
@@ -302,6 +350,7 @@ pub struct Stream {
     active: Option<Rc<Active>>,
     rng: Rc<RefCell<SplitMix64>>,
     shadows: Rc<RefCell<Shadows>>,
+    tally: Rc<RefCell<Tally>>,
     version: Option<usize>,
     start_ns: u64,
     status: Option<u16>,
@@ -344,9 +393,12 @@ impl Stream {
         for (k, val) in &v.request_headers {
             host.set_request_header(k, val);
         }
-        host.increment(active.ids.requests[d.version][d.reason.index()], 1);
-        if d.override_rejected {
-            host.increment(active.ids.override_rejected, 1);
+        {
+            let mut tally = self.tally.borrow_mut();
+            tally.add(active.ids.requests[d.version][d.reason.index()], 1);
+            if d.override_rejected {
+                tally.add(active.ids.override_rejected, 1);
+            }
         }
         self.version = Some(d.version);
         self.start_ns = host.now_nanos();
@@ -391,7 +443,10 @@ impl Stream {
             for t in 0..s.targets.len() {
                 match shadows.reserve(active, t, self.start_ns) {
                     Some(id) => self.jobs.push((id, t)),
-                    None => host.increment(active.ids.shadow_uncompared[t][U_CAPACITY], 1),
+                    None => self
+                        .tally
+                        .borrow_mut()
+                        .add(active.ids.shadow_uncompared[t][U_CAPACITY], 1),
                 }
             }
         }
@@ -411,7 +466,7 @@ impl Stream {
             body: BodyBuffer::default(),
         });
         if end_of_stream {
-            self.send_mirror(host);
+            self.send_mirror();
         }
     }
 
@@ -429,12 +484,12 @@ impl Stream {
             m.body.push(&chunk, limit);
         }
         if end_of_stream {
-            self.send_mirror(host);
+            self.send_mirror();
         }
     }
 
     /// Queues the collected copy for every reserved shadow target.
-    fn send_mirror(&mut self, host: &dyn Host) {
+    fn send_mirror(&mut self) {
         let (Some(active), Some(m)) = (self.active.clone(), self.mirror.take()) else {
             return;
         };
@@ -445,7 +500,7 @@ impl Stream {
         if m.body.overflowed {
             for (id, t) in self.jobs.drain(..) {
                 shadows.cancel(id);
-                host.increment(
+                self.tally.borrow_mut().add(
                     active.ids.shadow_uncompared[t][crate::shadow::U_BODY_TOO_LARGE],
                     1,
                 );
@@ -552,10 +607,15 @@ impl Stream {
             match result.map(|f| f.score) {
                 Ok(Some(score)) => {
                     let bin = extract::bin_index(&sc.bounds, score);
-                    host.increment(active.ids.score_bins[v][bin], 1);
+                    self.tally
+                        .borrow_mut()
+                        .add(active.ids.score_bins[v][bin], 1);
                 }
                 Ok(None) => {}
-                Err(u) => host.increment(active.ids.score_skipped[v][u.index()], 1),
+                Err(u) => self
+                    .tally
+                    .borrow_mut()
+                    .add(active.ids.score_skipped[v][u.index()], 1),
             }
         }
         if self.jobs.is_empty() {
@@ -604,15 +664,19 @@ impl Stream {
             Some(s) if s >= 400 && is_local_reply(host) => CLASS_LOCAL,
             Some(s) => metrics::class_of_status(s),
         };
-        host.increment(active.ids.responses[v][class], 1);
-        let elapsed_ms = host.now_nanos().saturating_sub(self.start_ns) / 1_000_000;
-        host.record(active.ids.duration[v], elapsed_ms);
-        // The request never completed, so its copy was never queued.
-        if self.mirror.take().is_some() {
-            let mut shadows = self.shadows.borrow_mut();
-            for (id, t) in self.jobs.drain(..) {
-                shadows.cancel(id);
-                host.increment(active.ids.shadow_uncompared[t][U_PRIMARY_ERROR], 1);
+        let elapsed_ns = host.now_nanos().saturating_sub(self.start_ns);
+        let elapsed_ms = elapsed_ns / 1_000_000;
+        {
+            let mut tally = self.tally.borrow_mut();
+            tally.add(active.ids.responses[v][class], 1);
+            tally.observe_us(active.ids.duration[v], elapsed_ns / 1000);
+            // The request never completed, so its copy was never queued.
+            if self.mirror.take().is_some() {
+                let mut shadows = self.shadows.borrow_mut();
+                for (id, t) in self.jobs.drain(..) {
+                    shadows.cancel(id);
+                    tally.add(active.ids.shadow_uncompared[t][U_PRIMARY_ERROR], 1);
+                }
             }
         }
         if !self.jobs.is_empty() {

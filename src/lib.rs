@@ -14,6 +14,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod routing;
 pub mod shadow;
+pub mod tally;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

@@ -9,12 +9,14 @@
 //! the second one to arrive records the comparison and frees the entry. Queue plus pending
 //! entries never exceed `maxInFlight`; beyond it mirroring is skipped and counted.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use crate::extract::{Fields, Unusable};
 use crate::filter::Active;
 use crate::host::Host;
+use crate::tally::Tally;
 
 /// Why a mirrored request produced no comparison. Names are metric label values.
 pub const UNCOMPARED: [&str; 9] = [
@@ -81,6 +83,7 @@ struct Pending {
 
 #[derive(Default)]
 pub struct Shadows {
+    tally: Rc<RefCell<Tally>>,
     queue: VecDeque<Job>,
     pending: HashMap<u64, Pending>,
     tokens: HashMap<u32, u64>,
@@ -88,6 +91,13 @@ pub struct Shadows {
 }
 
 impl Shadows {
+    pub fn new(tally: Rc<RefCell<Tally>>) -> Shadows {
+        Shadows {
+            tally,
+            ..Shadows::default()
+        }
+    }
+
     /// Entries held: queued jobs are also pending, so this counts each mirrored request once.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -152,11 +162,13 @@ impl Shadows {
             match host.dispatch(&t.cluster, &headers, job.body.as_deref(), s.timeout_ms) {
                 Ok(token) => {
                     p.dispatched_ns = now;
-                    host.increment(ids.shadow_sent[job.target], 1);
+                    self.tally.borrow_mut().add(ids.shadow_sent[job.target], 1);
                     self.tokens.insert(token, job.id);
                 }
                 Err(_) => {
-                    host.increment(ids.shadow_uncompared[job.target][U_DISPATCH_FAILED], 1);
+                    self.tally
+                        .borrow_mut()
+                        .add(ids.shadow_uncompared[job.target][U_DISPATCH_FAILED], 1);
                     self.pending.remove(&job.id);
                 }
             }
@@ -178,7 +190,9 @@ impl Shadows {
             .collect();
         for id in expired {
             if let Some(p) = self.pending.remove(&id) {
-                host.increment(p.active.ids.shadow_uncompared[p.target][U_EXPIRED], 1);
+                self.tally
+                    .borrow_mut()
+                    .add(p.active.ids.shadow_uncompared[p.target][U_EXPIRED], 1);
             }
         }
         self.tokens.retain(|_, id| self.pending.contains_key(id));
@@ -226,7 +240,9 @@ impl Shadows {
             Some(st) => crate::metrics::class_of_status(st),
         };
         let ids = &p.active.ids;
-        host.increment(ids.shadow_responses[p.target][class], 1);
+        self.tally
+            .borrow_mut()
+            .add(ids.shadow_responses[p.target][class], 1);
         let fields = match status {
             _ if timed_out => Err(U_TIMEOUT),
             Some(200..=299) => match &s.compare {
@@ -283,8 +299,14 @@ impl Shadows {
             return;
         }
         match (primary.fields, shadow.fields) {
-            (_, Err(reason)) => host.increment(ids.shadow_uncompared[t][reason], 1),
-            (Err(reason), _) => host.increment(ids.shadow_uncompared[t][reason], 1),
+            (_, Err(reason)) => self
+                .tally
+                .borrow_mut()
+                .add(ids.shadow_uncompared[t][reason], 1),
+            (Err(reason), _) => self
+                .tally
+                .borrow_mut()
+                .add(ids.shadow_uncompared[t][reason], 1),
             (Ok(a), Ok(b)) => {
                 if let (Some(x), Some(y)) = (a.score, b.score) {
                     host.record(
@@ -297,7 +319,9 @@ impl Shadows {
                     (Some(_), Some(_)) => 1,
                     _ => 2,
                 };
-                host.increment(ids.shadow_comparisons[t][result], 1);
+                self.tally
+                    .borrow_mut()
+                    .add(ids.shadow_comparisons[t][result], 1);
             }
         }
     }

@@ -51,7 +51,9 @@ fn request(host: &Host, headers: &[(&str, &str)], status: &str) -> (String, Stri
     (route, stamp)
 }
 
+/// Reads a counter after a tick: the plugin sends its batched counts on the root's tick.
 fn counter(host: &Host, name: &str) -> u64 {
+    host.tick().unwrap();
     host.counter(name).unwrap_or(0)
 }
 
@@ -61,6 +63,70 @@ fn req_metric(version: &str, reason: &str) -> String {
 
 fn resp_metric(version: &str, class: &str) -> String {
     format!("aviary_responses_total.service.recsys.version.{version}.class.{class}")
+}
+
+#[test]
+fn counts_are_batched_in_the_vm_and_sent_on_the_tick() {
+    let host = host(&cfg((10000, 0), r#""metrics":{"flushIntervalMs":100}"#));
+    assert_eq!(
+        host.tick_period(),
+        Some(std::time::Duration::from_millis(100))
+    );
+    for _ in 0..50 {
+        request(&host, &[("x-user-id", "u")], "200");
+    }
+    let name = req_metric("stable", "sticky");
+    assert_eq!(host.counter(&name), Some(0), "no host call per request");
+    host.tick().unwrap();
+    assert_eq!(host.counter(&name), Some(50));
+    request(&host, &[("x-user-id", "u")], "200");
+    host.tick().unwrap();
+    assert_eq!(host.counter(&name), Some(51));
+}
+
+#[test]
+fn latency_histogram_is_cumulative_in_microseconds() {
+    let host = host(&cfg((10000, 0), ""));
+    for ms in [0.4, 3.0, 120.0, 40_000.0] {
+        let s = host.http_stream().unwrap();
+        s.request_headers(
+            &[(":method", "GET"), (":path", "/"), (":authority", "a")],
+            true,
+        )
+        .expect_continue()
+        .unwrap();
+        host.advance_clock(std::time::Duration::from_secs_f64(ms / 1000.0));
+        s.response_headers(&[(":status", "200")], true)
+            .expect_continue()
+            .unwrap();
+        s.finish().unwrap();
+    }
+    let bucket = |le: &str| {
+        counter(
+            &host,
+            &format!("aviary_request_duration_ms_bucket.service.recsys.version.stable.le.{le}"),
+        )
+    };
+    // `le` is inclusive, as in Prometheus: the 3 ms request is in the 3 bucket.
+    assert_eq!(bucket("0.25"), 0);
+    assert_eq!(bucket("0.5"), 1);
+    assert_eq!(bucket("2"), 1);
+    assert_eq!(bucket("3"), 2);
+    assert_eq!(bucket("100"), 2);
+    assert_eq!(bucket("150"), 3);
+    assert_eq!(bucket("30000"), 3);
+    assert_eq!(bucket("+Inf"), 4);
+    let m = |s: &str| {
+        counter(
+            &host,
+            &format!("aviary_request_duration_ms_{s}.service.recsys.version.stable"),
+        )
+    };
+    assert_eq!(m("count"), 4);
+    assert_eq!(m("sum"), 40_123);
+    assert!(host
+        .histogram("aviary_request_duration_ms.service.recsys.version.stable")
+        .is_none());
 }
 
 #[test]
@@ -114,12 +180,13 @@ fn routes_stamps_and_counts_exactly() {
             counter(&host, &resp_metric(v, "2xx")) + counter(&host, &resp_metric(v, "5xx")),
             *n
         );
-        let h = host
-            .histogram(&format!(
-                "aviary_request_duration_ms.service.recsys.version.{v}"
-            ))
-            .unwrap();
-        assert_eq!(h.len() as u64, *n);
+        assert_eq!(
+            counter(
+                &host,
+                &format!("aviary_request_duration_ms_count.service.recsys.version.{v}")
+            ),
+            *n
+        );
     }
     assert_eq!(
         counter(&host, &resp_metric("stable", "5xx"))

@@ -14,7 +14,8 @@ fn config(shadow_extra: &str) -> String {
             "shadow":{{"targets":[{{"version":"v2","cluster":"shadow_v2"}}],"share":10000,"timeoutMs":1000,
                       "maxBodyBytes":64,
                       "compare":{{"labelPointer":"/prediction/label","scorePointer":"/prediction/score"}}{shadow_extra}}},
-            "scores":{{"pointer":"/prediction/score","bounds":[0.25,0.5,0.75,1.0]}}}}"#
+            "scores":{{"pointer":"/prediction/score","bounds":[0.25,0.5,0.75,1.0]}},
+            "metrics":{{"flushIntervalMs":5}}}}"#
     )
 }
 
@@ -68,9 +69,14 @@ fn respond_primary(s: &HttpStream, status: &str, body: &str) {
     s.response_body(b, true).expect_continue().unwrap();
 }
 
+/// Reads a counter after a tick, which sends the plugin's batched counts.
+fn counter(host: &Host, name: &str) -> Option<u64> {
+    host.tick().unwrap();
+    host.counter(name)
+}
+
 fn c(host: &Host, metric: &str, label: &str) -> u64 {
-    host.counter(&format!("{metric}.service.recsys.version.v2.{label}"))
-        .unwrap_or(0)
+    counter(host, &format!("{metric}.service.recsys.version.v2.{label}")).unwrap_or(0)
 }
 
 fn compared(host: &Host, result: &str) -> u64 {
@@ -128,7 +134,10 @@ fn copy_is_dispatched_from_the_root_marked_and_complete() {
     assert_eq!(call.body, br#"{"x":[1,2]}"#);
     assert_eq!(call.timeout, Duration::from_millis(1000));
     assert_eq!(
-        host.counter("aviary_shadow_requests_total.service.recsys.version.v2"),
+        counter(
+            &host,
+            "aviary_shadow_requests_total.service.recsys.version.v2"
+        ),
         Some(1)
     );
     // The user's request was never paused.
@@ -185,7 +194,10 @@ fn shadow_answers_after_the_stream_has_ended() {
         Some(vec![400])
     );
     assert_eq!(
-        host.counter("aviary_shadow_responses_total.service.recsys.version.v2.class.2xx"),
+        counter(
+            &host,
+            "aviary_shadow_responses_total.service.recsys.version.v2.class.2xx"
+        ),
         Some(1)
     );
 }
@@ -201,7 +213,10 @@ fn timeouts_errors_and_unusable_bodies_are_counted_by_reason() {
     host.run_for(Duration::from_millis(1100)).unwrap();
     assert_eq!(uncompared(&host, "timeout"), 1);
     assert_eq!(
-        host.counter("aviary_shadow_responses_total.service.recsys.version.v2.class.timeout"),
+        counter(
+            &host,
+            "aviary_shadow_responses_total.service.recsys.version.v2.class.timeout"
+        ),
         Some(1)
     );
     // 5xx from the shadow.
@@ -354,9 +369,10 @@ fn share_and_conditions_select_what_is_mirrored() {
 fn live_scores_fill_per_version_bins() {
     let host = host(&config("").replace(r#""share":10000"#, r#""share":0"#));
     let bin = |b: &str| {
-        host.counter(&format!(
-            "aviary_score_bin_total.service.recsys.version.stable.bin.{b}"
-        ))
+        counter(
+            &host,
+            &format!("aviary_score_bin_total.service.recsys.version.stable.bin.{b}"),
+        )
         .unwrap_or(0)
     };
     for score in [0.1, 0.25, 0.3, 0.6, 0.9, 0.95, 1.0, 3.0] {
@@ -375,9 +391,10 @@ fn live_scores_fill_per_version_bins() {
     respond_primary(&s, "200", r#"{"prediction":{}}"#);
     s.finish().unwrap();
     let skipped = |r: &str| {
-        host.counter(&format!(
-            "aviary_score_skipped_total.service.recsys.version.stable.reason.{r}"
-        ))
+        counter(
+            &host,
+            &format!("aviary_score_skipped_total.service.recsys.version.stable.reason.{r}"),
+        )
         .unwrap_or(0)
     };
     assert_eq!((skipped("non_json"), skipped("field_missing")), (1, 1));
