@@ -165,6 +165,26 @@ pub struct ShadowConfig {
     pub authority_suffix: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<CompareConfig>,
+    /// Who sends the copies: the plugin (needed to compare answers) or Envoy's own mirror.
+    #[serde(default, skip_serializing_if = "ShadowVia::is_plugin")]
+    pub via: ShadowVia,
+}
+
+/// `plugin`: the plugin sends each copy with `dispatch_http_call` and compares the answers.
+/// `envoy`: the plugin only decides; it names the target's cluster in a request header that a
+/// route's `request_mirror_policies[].cluster_header` reads, and Envoy sends the copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowVia {
+    #[default]
+    Plugin,
+    Envoy,
+}
+
+impl ShadowVia {
+    pub fn is_plugin(&self) -> bool {
+        *self == ShadowVia::Plugin
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -174,6 +194,18 @@ pub struct ShadowTarget {
     pub version: String,
     /// Envoy cluster the copy is sent to.
     pub cluster: String,
+    /// With `via: envoy`, the request header that carries `cluster` to the mirror policy;
+    /// default `x-aviary-mirror-<version>` (lowercase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_header: Option<String>,
+}
+
+impl ShadowTarget {
+    pub fn mirror_header(&self) -> String {
+        self.mirror_header
+            .clone()
+            .unwrap_or_else(|| format!("x-aviary-mirror-{}", self.version.to_ascii_lowercase()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -402,6 +434,8 @@ pub struct CompiledShadow {
     pub authority_suffix: String,
     pub compare: Option<CompareConfig>,
     pub seed: u32,
+    /// `Some(header per target)` when Envoy sends the copies (`via: envoy`).
+    pub envoy_mirror_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -855,6 +889,26 @@ fn compile_shadow(cfg: &PluginConfig, s: &ShadowConfig) -> Result<CompiledShadow
             "must be at most 16 MiB",
         ));
     }
+    if s.via == ShadowVia::Envoy && s.compare.is_some() {
+        return Err(ConfigError::new(
+            "shadow.compare",
+            "comparing answers needs the plugin to send the copies; remove `compare` or set `via` to \"plugin\"",
+        ));
+    }
+    let envoy_mirror_headers = match s.via {
+        ShadowVia::Plugin => None,
+        ShadowVia::Envoy => Some(
+            s.targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let h = t.mirror_header();
+                    check_header_name(format!("shadow.targets[{i}].mirrorHeader"), &h)?;
+                    Ok(h)
+                })
+                .collect::<Result<Vec<String>, ConfigError>>()?,
+        ),
+    };
     if let Some(c) = &s.compare {
         if c.label_pointer.is_none() && c.score_pointer.is_none() {
             return Err(ConfigError::new(
@@ -903,6 +957,7 @@ fn compile_shadow(cfg: &PluginConfig, s: &ShadowConfig) -> Result<CompiledShadow
         authority_suffix: s.authority_suffix.clone(),
         compare: s.compare.clone(),
         seed: sticky_seed(cfg) ^ 0x5bd1_e995,
+        envoy_mirror_headers,
     })
 }
 

@@ -307,14 +307,51 @@ fn shadow(v: &Value, path: String) -> R<ShadowConfig> {
             "markHeader",
             "authoritySuffix",
             "compare",
+            "via",
         ],
     )?;
+    let via = match o.opt_str("via")?.as_deref() {
+        None | Some("plugin") => ShadowVia::Plugin,
+        Some("envoy") => ShadowVia::Envoy,
+        Some(other) => {
+            return Err(ConfigError::new(
+                o.at("via"),
+                format!("unknown value {other:?}; use \"plugin\" (copies sent and compared by the plugin) or \"envoy\" (Envoy's request_mirror_policies send them)"),
+            ))
+        }
+    };
+    if via == ShadowVia::Envoy {
+        // Envoy's mirror takes these from the route, so accepting them would mislead.
+        for key in [
+            "timeoutMs",
+            "maxBodyBytes",
+            "maxInFlight",
+            "markHeader",
+            "authoritySuffix",
+        ] {
+            if o.get(key).is_some() {
+                return Err(ConfigError::new(
+                    o.at(key),
+                    "does not apply with `via: \"envoy\"`: Envoy's mirror uses the route's timeout, copies the whole body and adds its own `-shadow` suffix; remove it",
+                ));
+            }
+        }
+    }
     Ok(ShadowConfig {
+        via,
         targets: o.each("targets", |v, path| {
-            let t = obj(v, path, &["version", "cluster"])?;
+            let t = obj(v, path, &["version", "cluster", "mirrorHeader"])?;
+            let mirror_header = t.opt_str("mirrorHeader")?;
+            if mirror_header.is_some() && via == ShadowVia::Plugin {
+                return Err(ConfigError::new(
+                    t.at("mirrorHeader"),
+                    "only applies with `via: \"envoy\"`; remove it or set `shadow.via`",
+                ));
+            }
             Ok(ShadowTarget {
                 version: t.str("version")?,
                 cluster: t.str("cluster")?,
+                mirror_header,
             })
         })?,
         share: o.opt_u32("share")?.ok_or_else(|| {

@@ -86,7 +86,12 @@ impl Root {
             Ok(active) => {
                 host.log(LogLevel::Info, &describe(&active.cfg));
                 let flush = active.cfg.metrics.flush_interval_ms;
-                self.tick_ms = if active.cfg.shadow.is_some() {
+                let plugin_shadows = active
+                    .cfg
+                    .shadow
+                    .as_ref()
+                    .is_some_and(|s| s.envoy_mirror_headers.is_none());
+                self.tick_ms = if plugin_shadows {
                     SHADOW_TICK_MS.min(flush)
                 } else {
                     flush
@@ -419,23 +424,31 @@ impl Stream {
         let Some(s) = &cfg.shadow else {
             return;
         };
-        if !conditions_hold(&s.conditions, &req) {
+        let selected = conditions_hold(&s.conditions, &req)
+            && (s.rules.is_empty()
+                || s.rules
+                    .iter()
+                    .any(|r| conditions_hold(&cfg.rules[*r].conditions, &req)))
+            && in_share(
+                s.share_bps,
+                s.seed,
+                sticky_key(cfg, &req),
+                &mut self.rng.borrow_mut(),
+            );
+        if let Some(headers) = &s.envoy_mirror_headers {
+            let mut tally = self.tally.borrow_mut();
+            for (t, h) in headers.iter().enumerate() {
+                if selected {
+                    host.set_request_header(h, &s.targets[t].cluster);
+                    tally.add(active.ids.shadow_sent[t], 1);
+                } else if !cfg.needs_headers || req.header(h).is_some() {
+                    // A client must not choose what is mirrored, or where to.
+                    host.remove_request_header(h);
+                }
+            }
             return;
         }
-        if !s.rules.is_empty()
-            && !s
-                .rules
-                .iter()
-                .any(|r| conditions_hold(&cfg.rules[*r].conditions, &req))
-        {
-            return;
-        }
-        if !in_share(
-            s.share_bps,
-            s.seed,
-            sticky_key(cfg, &req),
-            &mut self.rng.borrow_mut(),
-        ) {
+        if !selected {
             return;
         }
         {

@@ -14,6 +14,59 @@ const V: &str = r#"[{"name":"stable","weight":9000},{"name":"canary","weight":10
 #[test]
 fn errors_name_the_field() {
     let cases: &[(&str, &str, &str)] = &[
+        (
+            &format!(
+                r#"{{"versions":{V},"shadow":{{"via":"envoy","share":100,"targets":[{{"version":"v2","cluster":"s"}}],"compare":{{"labelPointer":"/l"}}}}}}"#
+            ),
+            "shadow.compare",
+            "needs the plugin to send the copies",
+        ),
+        (
+            &format!(
+                r#"{{"versions":{V},"shadow":{{"via":"envoy","share":100,"timeoutMs":50,"targets":[{{"version":"v2","cluster":"s"}}]}}}}"#
+            ),
+            "shadow.timeoutMs",
+            "does not apply",
+        ),
+        (
+            &format!(
+                r#"{{"versions":{V},"shadow":{{"share":100,"targets":[{{"version":"v2","cluster":"s","mirrorHeader":"x-m"}}]}}}}"#
+            ),
+            "shadow.targets[0].mirrorHeader",
+            "only applies",
+        ),
+        (
+            &format!(
+                r#"{{"versions":{V},"shadow":{{"via":"istio","share":100,"targets":[{{"version":"v2","cluster":"s"}}]}}}}"#
+            ),
+            "shadow.via",
+            "unknown value",
+        ),
+        (
+            &format!(r#"{{"versions":{V},"metrics":{{"latencyBucketsMs":[1,5,5]}}}}"#),
+            "metrics.latencyBucketsMs[2]",
+            "strictly increasing",
+        ),
+        (
+            &format!(r#"{{"versions":{V},"metrics":{{"latencyBucketsMs":[0.0001,5]}}}}"#),
+            "metrics.latencyBucketsMs[0]",
+            "0.001",
+        ),
+        (
+            &format!(r#"{{"versions":{V},"metrics":{{"latencyBucketsMs":[]}}}}"#),
+            "metrics.latencyBucketsMs",
+            "1 to 64",
+        ),
+        (
+            &format!(r#"{{"versions":{V},"metrics":{{"flushIntervalMs":0}}}}"#),
+            "metrics.flushIntervalMs",
+            "out of range",
+        ),
+        (
+            &format!(r#"{{"versions":{V},"metrics":{{"flushMs":10}}}}"#),
+            "metrics.flushMs",
+            "unknown field",
+        ),
         ("{", "", "not valid JSON"),
         ("[]", "", "expected an object"),
         (r#"{}"#, "versions", "missing"),

@@ -53,7 +53,7 @@ fn ten_percent_split_is_binomial_and_metrics_match_client_counts() {
     assert_binomial(keyed_canary, 10_000, 0.1, "keyed split");
 
     // Exact per-version metrics against the client's own counts.
-    let samples = prom(&rig.envoy.stats_prometheus().unwrap());
+    let samples = flushed_stats(&rig.envoy);
     for v in ["stable", "canary"] {
         let client = random.served_by(v) + keyed.served_by(v);
         let served_5xx = random
@@ -180,7 +180,7 @@ fn cluster_header_routing_and_kill_switch() {
     let s = run_load(&cfg).unwrap().summary;
     assert_eq!(s.served_by("canary"), 300, "{s}");
     assert_eq!(rig.canary.stats().requests, 300);
-    let samples = prom(&rig.envoy.stats_prometheus().unwrap());
+    let samples = flushed_stats(&rig.envoy);
     assert_eq!(
         sum(
             &samples,
@@ -210,7 +210,7 @@ fn upstream_failures_are_counted_as_local_replies() {
         assert_eq!(r.status, 503, "canary port {canary_port} is closed");
         assert_eq!(r.header("x-aviary-served-by"), Some("canary"));
     }
-    let samples = prom(&rig.envoy.stats_prometheus().unwrap());
+    let samples = flushed_stats(&rig.envoy);
     assert_eq!(
         sum(
             &samples,

@@ -435,3 +435,57 @@ fn shadow_can_be_limited_to_segment_rules() {
     host.configure(bad).unwrap().expect_rejected().unwrap();
     host.verify().unwrap();
 }
+
+#[test]
+fn via_envoy_names_the_mirror_cluster_and_strips_client_values() {
+    // Half of the users, sticky; Envoy's mirror policy reads the header and sends the copy.
+    let cfg = r#"{"service":"recsys",
+        "versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0}],
+        "sticky":{"keys":[{"header":"x-user-id"}]},
+        "shadow":{"via":"envoy","share":5000,"targets":[{"version":"V2","cluster":"shadow_v2"}]},
+        "metrics":{"flushIntervalMs":5}}"#;
+    let host = host(cfg);
+    assert_eq!(host.tick_period(), Some(Duration::from_millis(5)));
+    let mut marked = 0;
+    for i in 0..200 {
+        let user = format!("u{i}");
+        let s = host.http_stream().unwrap();
+        let h = [
+            (":method", "POST"),
+            (":path", "/p"),
+            (":authority", "a"),
+            ("x-user-id", user.as_str()),
+            // A client trying to pick what is mirrored, and where to.
+            ("x-aviary-mirror-v2", "internal_admin"),
+        ];
+        s.request_headers(&h, false).expect_continue().unwrap();
+        match s.request_header("x-aviary-mirror-v2").as_deref() {
+            Some("shadow_v2") => marked += 1,
+            None => {}
+            other => panic!("client value kept: {other:?}"),
+        }
+        // Decided per user, so the same user gets the same answer again.
+        let again = host.http_stream().unwrap();
+        again.request_headers(&h, true).expect_continue().unwrap();
+        assert_eq!(
+            again.request_header("x-aviary-mirror-v2"),
+            s.request_header("x-aviary-mirror-v2")
+        );
+        s.request_body(b"{}", true).expect_continue().unwrap();
+        s.finish().unwrap();
+        again.finish().unwrap();
+    }
+    assert!((60..=140).contains(&marked), "{marked} of 200 users");
+    host.tick().unwrap();
+    assert!(
+        host.http_calls().is_empty(),
+        "Envoy, not the plugin, sends the copies"
+    );
+    assert_eq!(
+        counter(
+            &host,
+            "aviary_shadow_requests_total.service.recsys.version.V2"
+        ),
+        Some(2 * marked)
+    );
+}

@@ -120,6 +120,13 @@ pub fn sum(samples: &BTreeMap<String, f64>, name: &str, want: &[(&str, &str)]) -
         .sum()
 }
 
+/// Envoy's Prometheus text once the plugin's batched counts have been sent: the plugin flushes
+/// every `metrics.flushIntervalMs` (50 ms by default) on each worker's tick.
+pub fn flushed_stats(envoy: &EnvoyProcess) -> BTreeMap<String, f64> {
+    std::thread::sleep(Duration::from_millis(250));
+    prom(&envoy.stats_prometheus().unwrap())
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
