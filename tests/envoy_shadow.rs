@@ -191,3 +191,59 @@ fn slow_or_broken_shadows_never_hurt_users() {
         );
     }
 }
+
+#[test]
+fn via_envoy_mirrors_exactly_the_chosen_users_and_ignores_client_headers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = r#"{"service":"recsys","versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0}],"sticky":{"keys":[{"header":"x-user-id"}]},"shadow":{"via":"envoy","targets":[{"version":"v2","cluster":"shadow_v2"}],"share":2500}}"#;
+    let seed = aviary::config::parse_and_compile(plugin.as_bytes())
+        .unwrap()
+        .shadow
+        .unwrap()
+        .seed;
+    let shadow = model("v2", |_| {});
+    let stable = model("stable", |_| {});
+    let canary = model("canary", |_| {});
+    let envoy = EnvoyBuilder::new(template("aviary-mirror.yaml", plugin))
+        .var("STABLE_PORT", stable.port())
+        .var("CANARY_PORT", canary.port())
+        .var("SHADOW_PORT", shadow.port())
+        .path_var("WASM", &wasm())
+        .start()
+        .unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/predict",
+        envoy.listener_port("ingress").unwrap()
+    );
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    for u in &users {
+        // The client asks to mirror to the stable cluster; the plugin must not let it.
+        let req = aviary_sim::HttpRequest::get("/predict")
+            .header("x-user-id", u)
+            .header("x-aviary-mirror-v2", "stable");
+        let r = aviary_sim::http::request(&url, req, Duration::from_secs(5)).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let chosen = users
+        .iter()
+        .filter(|u| aviary::hash::bucket(u.as_bytes(), seed) < 2500)
+        .count() as u64;
+    assert!((40..=110).contains(&chosen), "{chosen} of 300 in a 25% share");
+    assert!(
+        wait_until(Duration::from_secs(5), || shadow.stats().requests >= chosen),
+        "shadow got {} of {chosen} copies",
+        shadow.stats().requests
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(shadow.stats().requests, chosen, "exactly the chosen users");
+    assert_eq!(stable.stats().requests, 300, "no client-chosen copies");
+    let m = flushed_stats(&envoy);
+    assert_eq!(
+        sum(&m, "aviary_shadow_requests_total", &[("version", "v2")]),
+        chosen as f64
+    );
+    assert_eq!(
+        envoy.counter("cluster.shadow_v2.upstream_rq_total").unwrap(),
+        chosen
+    );
+}
