@@ -228,7 +228,10 @@ fn via_envoy_mirrors_exactly_the_chosen_users_and_ignores_client_headers() {
         .iter()
         .filter(|u| aviary::hash::bucket(u.as_bytes(), seed) < 2500)
         .count() as u64;
-    assert!((40..=110).contains(&chosen), "{chosen} of 300 in a 25% share");
+    assert!(
+        (40..=110).contains(&chosen),
+        "{chosen} of 300 in a 25% share"
+    );
     assert!(
         wait_until(Duration::from_secs(5), || shadow.stats().requests >= chosen),
         "shadow got {} of {chosen} copies",
@@ -243,7 +246,9 @@ fn via_envoy_mirrors_exactly_the_chosen_users_and_ignores_client_headers() {
         chosen as f64
     );
     assert_eq!(
-        envoy.counter("cluster.shadow_v2.upstream_rq_total").unwrap(),
+        envoy
+            .counter("cluster.shadow_v2.upstream_rq_total")
+            .unwrap(),
         chosen
     );
 }

@@ -25,6 +25,7 @@ pub enum Variant {
     NativeMirror,
     AviaryShadow,
     AviaryShadowCompare,
+    AviaryShadowEnvoy,
     AviaryScores,
     ProbeMetrics,
     ProbeMinimal,
@@ -36,7 +37,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 10] = [
+    pub const ALL: [Variant; 11] = [
         Variant::NoFilter,
         Variant::NativeSplit,
         Variant::Noop,
@@ -46,6 +47,7 @@ impl Variant {
         Variant::NativeMirror,
         Variant::AviaryShadow,
         Variant::AviaryShadowCompare,
+        Variant::AviaryShadowEnvoy,
         Variant::AviaryScores,
     ];
 
@@ -63,7 +65,7 @@ impl Variant {
 
     /// Pairs measured side by side (see `throughput::Pair`): each pair's first is the
     /// reference. The no-op filter against itself shows the method's noise floor.
-    pub const PAIRS: [(Variant, Variant); 12] = [
+    pub const PAIRS: [(Variant, Variant); 13] = [
         (Variant::Noop, Variant::Noop),
         (Variant::Noop, Variant::AviaryPercent),
         (Variant::Noop, Variant::AviarySplitNoStamp),
@@ -74,6 +76,7 @@ impl Variant {
         (Variant::ProbeSplit, Variant::ProbeSticky),
         (Variant::ProbeSplit, Variant::ProbeLookups),
         (Variant::NativeMirror, Variant::AviaryShadow),
+        (Variant::NativeMirror, Variant::AviaryShadowEnvoy),
         (Variant::NativeMirror, Variant::ProbeMirror),
         (Variant::NativeMirror, Variant::ProbeMirrorNow),
     ];
@@ -98,6 +101,7 @@ impl Variant {
             Variant::NativeMirror => "native-mirror",
             Variant::AviaryShadow => "aviary-shadow",
             Variant::AviaryShadowCompare => "aviary-shadow-compare",
+            Variant::AviaryShadowEnvoy => "aviary-shadow-envoy",
             Variant::AviaryScores => "aviary-scores",
             Variant::ProbeMetrics => "probe-metrics",
             Variant::ProbeMinimal => "probe-minimal",
@@ -120,8 +124,11 @@ impl Variant {
             Variant::NativeMirror => "Native request_mirror_policies 100%",
             Variant::AviaryShadow => "Aviary shadow 100%",
             Variant::AviaryShadowCompare => "Aviary shadow 100% + compare",
+            Variant::AviaryShadowEnvoy => "Aviary shadow 100% via Envoy's mirror (`via: envoy`)",
             Variant::AviaryScores => "Aviary split 90/10 + score extraction",
-            Variant::ProbeMetrics => "Probe: 2 counters, 2 clock reads, 1 histogram",
+            Variant::ProbeMetrics => {
+                "Probe: per-request metric calls before batching: 2 counters, 2 clock reads, 1 histogram"
+            }
             Variant::ProbeMinimal => "Probe: routing header, :status read, stamp only",
             Variant::ProbeSplit => "Probe: all host calls of the percentage split",
             Variant::ProbeSticky => "Probe: all host calls of the sticky split",
@@ -136,9 +143,9 @@ impl Variant {
         match self {
             Variant::ProbeMetrics => Some("count,clock,record"),
             Variant::ProbeMinimal => Some("route,status,stamp"),
-            Variant::ProbeSplit => Some("route,count,clock,status,stamp,record"),
-            Variant::ProbeSticky => Some("headers,route,count,clock,status,stamp,record"),
-            Variant::ProbeLookups => Some("lookups,route,count,clock,status,stamp,record"),
+            Variant::ProbeSplit => Some("route,clock,status,stamp"),
+            Variant::ProbeSticky => Some("headers,route,clock,status,stamp"),
+            Variant::ProbeLookups => Some("lookups,route,clock,status,stamp"),
             Variant::ProbeMirror => Some("mirror"),
             Variant::ProbeMirrorNow => Some("mirror-now"),
             _ => None,
@@ -157,6 +164,11 @@ impl Variant {
             Variant::AviarySticky => Some(sticky_config(5)),
             Variant::AviaryShadow => Some(shadow_config(false)),
             Variant::AviaryShadowCompare => Some(shadow_config(true)),
+            Variant::AviaryShadowEnvoy => {
+                let mut c = shadow_config(false);
+                c["shadow"]["via"] = json!("envoy");
+                Some(c)
+            }
             Variant::AviaryScores => {
                 let mut c = percent_config();
                 c["scores"] = json!({"pointer": "/prediction/score", "bounds": score_bounds()});
@@ -185,6 +197,7 @@ impl Variant {
             Variant::NativeMirror
                 | Variant::AviaryShadow
                 | Variant::AviaryShadowCompare
+                | Variant::AviaryShadowEnvoy
                 | Variant::ProbeMirror
                 | Variant::ProbeMirrorNow
         )
@@ -203,6 +216,15 @@ impl Variant {
                 json!([{"match": {"prefix": "/"}, "route": {"cluster": "stable",
                 "request_mirror_policies": [{"cluster": "shadow",
                     "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}}]}}])
+            }
+            Variant::AviaryShadowEnvoy => {
+                let mut routes = aviary_routes();
+                for r in routes.as_array_mut().into_iter().flatten() {
+                    r["route"]["request_mirror_policies"] = json!([{
+                        "cluster_header": "x-aviary-mirror-canary",
+                        "request_headers_mutations": [{"remove": "x-aviary-mirror-canary"}]}]);
+                }
+                routes
             }
             _ => aviary_routes(),
         }
