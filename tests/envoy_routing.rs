@@ -251,9 +251,15 @@ fn every_shipped_envoy_config_validates() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // Envoy only sees a string; the plugin's own parser must accept it too.
+        let doc: serde_yaml::Value = serde_yaml::from_str(&envoy_file(&name)).unwrap();
+        for json in plugin_configs(&doc) {
+            aviary::config::parse_and_compile(json.as_bytes())
+                .unwrap_or_else(|e| panic!("{name}: the plugin rejects its config: {e}"));
+        }
         n += 1;
     }
-    assert!(n >= 3, "validated {n} configs");
+    assert!(n >= 5, "validated {n} configs");
     // The ECDS resource carries a plugin config the plugin itself accepts.
     let res: serde_yaml::Value =
         serde_yaml::from_str(&envoy_file("aviary-ecds-config.yaml")).unwrap();
@@ -343,4 +349,23 @@ fn ecds_applies_new_weights_under_load_without_failures() {
         log.contains("versions[1].weight") && log.contains("out of range"),
         "the rejection names the field"
     );
+}
+
+/// Every Aviary plugin configuration string inside an Envoy config.
+fn plugin_configs(v: &serde_yaml::Value) -> Vec<String> {
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            let here = m
+                .get("configuration")
+                .and_then(|c| c.get("value"))
+                .and_then(|v| v.as_str())
+                .filter(|s| s.contains("\"versions\""))
+                .map(str::to_string);
+            here.into_iter()
+                .chain(m.values().flat_map(plugin_configs))
+                .collect()
+        }
+        serde_yaml::Value::Sequence(s) => s.iter().flat_map(plugin_configs).collect(),
+        _ => vec![],
+    }
 }

@@ -82,6 +82,7 @@ fn default_wasms(root: &std::path::Path) -> variants::Wasms {
     variants::Wasms {
         aviary: dir.join("aviary.wasm"),
         noop: dir.join("aviary_noop.wasm"),
+        alt: None,
     }
 }
 
@@ -162,6 +163,7 @@ pub fn variant(key: &str) -> anyhow::Result<variants::Variant> {
         variants::Variant::ALL
             .into_iter()
             .chain(variants::Variant::PROBES)
+            .chain([variants::Variant::AviarySplitAlt])
     };
     every().find(|v| v.key() == key).ok_or_else(|| {
         let keys: Vec<&str> = every().map(|v| v.key()).collect();
@@ -198,6 +200,46 @@ pub fn compare(opts: &Options, keys: &[String]) -> anyhow::Result<throughput::Re
             v.key(), res.rps(v).median, res.rps(v).min, res.rps(v).max, base.key(), per_round.min, per_round.max,
             cpu.median, cpu.min, cpu.max
         );
+    }
+    Ok(res)
+}
+
+/// Side-by-side pairs only (`reference:variant`), each with a one-line summary.
+pub fn pairs(opts: &Options, specs: &[String]) -> anyhow::Result<throughput::Results> {
+    let chosen = specs
+        .iter()
+        .map(|s| {
+            let (a, b) = s
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("{s}: write a pair as reference:variant"))?;
+            Ok((variant(a)?, variant(b)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let stats = variants::stats_config(&opts.root)?;
+    let script = opts.root.join("crates/aviary-bench/envoy/user-keys.lua");
+    let res = throughput::run(
+        &Options {
+            latency_rounds: 0,
+            ..opts.clone()
+        },
+        &opts.wasms,
+        &stats,
+        &script,
+        &[],
+        &chosen,
+    )?;
+    for &(a, b) in &chosen {
+        if let Some(p) = res.pair(a, b) {
+            let r = p.ratios();
+            println!(
+                "{} → {}: {:.3}x [{:.3}–{:.3}]",
+                a.key(),
+                b.key(),
+                r.median,
+                r.min,
+                r.max
+            );
+        }
     }
     Ok(res)
 }

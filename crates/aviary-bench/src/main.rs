@@ -7,6 +7,8 @@ use aviary_bench::{report, run, Options};
 
 const USAGE: &str = "usage: aviary-bench [--quick] [--out FILE]
        aviary-bench --variants A,B,... [--rounds N] [--secs S]   (throughput of these only, vs A)
+       aviary-bench --pairs A:B,C:D,... [--rounds N] [--alt-wasm PATH]   (side by side: B relative to A;
+                    `aviary-split-alt` is the 90/10 split run by the aviary.wasm at PATH)
        aviary-bench --serve VARIANT SECONDS   (runs one variant and its upstream, for profiling)";
 
 fn main() -> ExitCode {
@@ -24,6 +26,8 @@ fn main_inner() -> anyhow::Result<ExitCode> {
     let mut out = None;
     let mut serve = None;
     let mut compare: Option<Vec<String>> = None;
+    let mut pairs: Option<Vec<String>> = None;
+    let mut alt = None;
     let (mut rounds, mut secs) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -36,6 +40,12 @@ fn main_inner() -> anyhow::Result<ExitCode> {
                     .next()
                     .map(|v| v.split(',').map(str::to_string).collect())
             }
+            "--pairs" => {
+                pairs = args
+                    .next()
+                    .map(|v| v.split(',').map(str::to_string).collect())
+            }
+            "--alt-wasm" => alt = args.next().map(PathBuf::from),
             "--rounds" => rounds = args.next().map(|v| v.parse()).transpose()?,
             "--secs" => secs = args.next().map(|v| v.parse()).transpose()?,
             _ => anyhow::bail!("{USAGE}"),
@@ -57,7 +67,19 @@ fn main_inner() -> anyhow::Result<ExitCode> {
         Options::full(root)
     };
     opts.rounds = rounds.unwrap_or(opts.rounds);
+    opts.wasms.alt = alt;
     opts.run_secs = secs.unwrap_or(opts.run_secs);
+    if let Some(pairs) = pairs {
+        let res = aviary_bench::pairs(&opts, &pairs)?;
+        for p in &res.problems {
+            eprintln!("problem: {p}");
+        }
+        return Ok(if res.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     if let Some(keys) = compare {
         let res = aviary_bench::compare(&opts, &keys)?;
         for p in &res.problems {

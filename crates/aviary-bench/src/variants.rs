@@ -34,6 +34,7 @@ pub enum Variant {
     ProbeLookups,
     ProbeMirror,
     ProbeMirrorNow,
+    AviarySplitAlt,
 }
 
 impl Variant {
@@ -110,6 +111,7 @@ impl Variant {
             Variant::ProbeLookups => "probe-lookups",
             Variant::ProbeMirror => "probe-mirror",
             Variant::ProbeMirrorNow => "probe-mirror-now",
+            Variant::AviarySplitAlt => "aviary-split-alt",
         }
     }
 
@@ -135,6 +137,7 @@ impl Variant {
             Variant::ProbeLookups => "Probe: the split's calls + the 6 headers the sticky config reads, one lookup each",
             Variant::ProbeMirror => "Probe: copy every request to the shadow from the root context on a 5 ms tick (as Aviary)",
             Variant::ProbeMirrorNow => "Probe: the same copy at once from the stream's context",
+            Variant::AviarySplitAlt => "Aviary percentage split 90/10, the --alt-wasm build",
         }
     }
 
@@ -155,7 +158,7 @@ impl Variant {
     /// Aviary's plugin config for this variant.
     pub fn plugin_config(self) -> Option<Value> {
         match self {
-            Variant::AviaryPercent => Some(percent_config()),
+            Variant::AviaryPercent | Variant::AviarySplitAlt => Some(percent_config()),
             Variant::AviarySplitNoStamp => {
                 let mut c = percent_config();
                 c["stampHeader"] = json!("");
@@ -183,6 +186,7 @@ impl Variant {
         match self {
             Variant::NativeSplit
             | Variant::AviaryPercent
+            | Variant::AviarySplitAlt
             | Variant::AviarySplitNoStamp
             | Variant::AviarySticky
             | Variant::AviaryScores => 0.10,
@@ -239,10 +243,11 @@ impl Variant {
             }
             _ => {
                 let plugin = self.plugin_config().map(|c| c.to_string());
-                json!([
-                    wasm_filter("aviary", &wasms.aviary, plugin.as_deref()),
-                    router()
-                ])
+                let module = match (self, &wasms.alt) {
+                    (Variant::AviarySplitAlt, Some(alt)) => alt,
+                    _ => &wasms.aviary,
+                };
+                json!([wasm_filter("aviary", module, plugin.as_deref()), router()])
             }
         }
     }
@@ -253,6 +258,8 @@ impl Variant {
 pub struct Wasms {
     pub aviary: PathBuf,
     pub noop: PathBuf,
+    /// Another build of aviary.wasm, for `aviary-split-alt` (`--alt-wasm`).
+    pub alt: Option<PathBuf>,
 }
 
 /// The shipped header-match routing: the plugin's routing header picks the canary cluster.
