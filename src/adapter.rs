@@ -7,11 +7,21 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{self, Action, BufferType, ContextType, MapType, MetricType};
+use proxy_wasm::types::{self, Action, BufferType, ContextType, MapType, MetricType, Status};
 
 use crate::filter::{Root, Stream};
+use crate::headers::HeaderBlock;
 use crate::host::{Body, Host, LogLevel, MetricKind};
 use crate::tally::Tally;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
 
 pub struct WasmHost;
 
@@ -42,8 +52,20 @@ impl Host for WasmHost {
         u64::from_le_bytes(b)
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn request_headers(&self) -> HeaderBlock {
+        // The SDK's `get_map` copies every name and value into a `String` and panics on a
+        // value that is not UTF-8; read the host's buffer and parse it in place instead.
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a buffer it allocated through the SDK's
+        // `proxy_on_memory_allocate` (a `Vec<u8>` of capacity `size`), which we take over.
+        let buf = unsafe {
+            match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+                Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+                _ => return HeaderBlock::default(),
+            }
+        };
+        HeaderBlock::parse(buf)
     }
 
     fn set_request_header(&self, name: &str, value: &str) {

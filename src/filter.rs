@@ -467,9 +467,9 @@ impl Stream {
             return;
         }
         let headers = if cfg.needs_headers {
-            req.into_headers()
+            req.headers().to_pairs()
         } else {
-            host.request_headers()
+            host.request_headers().to_pairs()
         };
         if s.compare.is_some() && self.response.is_none() {
             self.response = Some(BodyBuffer::default());

@@ -26,12 +26,15 @@ pub enum Body {
     CallResponse,
 }
 
+use crate::headers::HeaderBlock;
+
 pub trait Host {
     fn log(&self, level: LogLevel, msg: &str);
     fn now_nanos(&self) -> u64;
     fn random_u64(&self) -> u64;
 
-    fn request_headers(&self) -> Vec<(String, String)>;
+    /// All request headers, in one read.
+    fn request_headers(&self) -> HeaderBlock;
     fn set_request_header(&self, name: &str, value: &str);
     fn remove_request_header(&self, name: &str);
     fn response_header(&self, name: &str) -> Option<String>;

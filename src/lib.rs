@@ -9,6 +9,7 @@ mod config_parse;
 pub mod extract;
 pub mod filter;
 pub mod hash;
+pub mod headers;
 pub mod host;
 pub mod matcher;
 pub mod metrics;

@@ -1,5 +1,7 @@
 //! Request attributes and the matchers of segment rules.
 
+use crate::headers::HeaderBlock;
+
 /// Where a condition reads its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -32,23 +34,24 @@ impl Matcher {
 /// A read-only view of one request's attributes, fetched from the host once.
 #[derive(Debug, Default, Clone)]
 pub struct RequestView {
-    headers: Vec<(String, String)>,
+    headers: HeaderBlock,
 }
 
 impl RequestView {
-    pub fn new(headers: Vec<(String, String)>) -> Self {
+    pub fn new(headers: HeaderBlock) -> Self {
         RequestView { headers }
     }
 
-    pub fn into_headers(self) -> Vec<(String, String)> {
-        self.headers
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Self {
+        RequestView::new(HeaderBlock::from_pairs(pairs))
+    }
+
+    pub fn headers(&self) -> &HeaderBlock {
+        &self.headers
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     pub fn path(&self) -> Option<&str> {
@@ -90,11 +93,7 @@ mod tests {
     use super::*;
 
     fn view(h: &[(&str, &str)]) -> RequestView {
-        RequestView::new(
-            h.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        RequestView::from_pairs(h)
     }
 
     #[test]

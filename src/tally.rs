@@ -196,8 +196,8 @@ mod tests {
         fn random_u64(&self) -> u64 {
             0
         }
-        fn request_headers(&self) -> Vec<(String, String)> {
-            vec![]
+        fn request_headers(&self) -> crate::headers::HeaderBlock {
+            crate::headers::HeaderBlock::default()
         }
         fn set_request_header(&self, _: &str, _: &str) {}
         fn remove_request_header(&self, _: &str) {}

@@ -369,3 +369,37 @@ fn plugin_configs(v: &serde_yaml::Value) -> Vec<String> {
         _ => vec![],
     }
 }
+
+/// HTTP allows bytes 0x80-0xFF in header values (obs-text). The SDK's header reader panics on
+/// them, which would abort the VM; Aviary reads the raw map, so the request is still routed.
+#[test]
+fn non_utf8_header_bytes_are_routed_not_fatal() {
+    use std::io::{Read, Write};
+    let rig = start("aviary-header-match.yaml", TEN_PERCENT);
+    let port = rig.envoy.listener_port("ingress").unwrap();
+    let send = |user: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req =
+            b"GET /predict HTTP/1.1\r\nhost: recsys\r\nconnection: close\r\nx-user-id: ".to_vec();
+        req.extend_from_slice(user);
+        req.extend_from_slice(b"\r\nx-note: caf\xe9 \xff\xfe\r\n\r\n");
+        s.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    for i in 0..20 {
+        let resp = send(format!("user-\u{e9}-{i}").as_bytes());
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains("x-aviary-served-by: "), "{resp}");
+        let raw = send(&[b'u', 0xe9, b'0' + i as u8]);
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        assert!(raw.contains("x-aviary-served-by: "), "{raw}");
+    }
+    let samples = flushed_stats(&rig.envoy);
+    assert_eq!(
+        sum(&samples, "aviary_requests_total", &[("reason", "sticky")]),
+        40.0
+    );
+}

@@ -21,7 +21,7 @@ fn config(weights: &[u32]) -> Compiled {
 }
 
 fn version_of(cfg: &Compiled, key: &str) -> usize {
-    let req = RequestView::new(vec![("x-user-id".into(), key.into())]);
+    let req = RequestView::from_pairs(&[("x-user-id", key)]);
     decide(cfg, &req, &mut || None, &mut SplitMix64::new(1)).version
 }
 

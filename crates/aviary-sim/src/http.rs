@@ -106,9 +106,8 @@ fn read_line<R: Read>(
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            return String::from_utf8(line)
-                .map(Some)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "non-UTF-8 header"));
+            // HTTP allows bytes 0x80-0xFF in header values (obs-text); keep them readable.
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
         }
     }
 }
