@@ -208,7 +208,7 @@ fn via_envoy_mirrors_exactly_the_chosen_users_and_ignores_client_headers() {
         .var("STABLE_PORT", stable.port())
         .var("CANARY_PORT", canary.port())
         .var("SHADOW_PORT", shadow.port())
-        .path_var("WASM", &wasm())
+        .path_var("WASM", wasm())
         .start()
         .unwrap();
     let url = format!(
