@@ -33,6 +33,10 @@ pub struct PluginConfig {
     pub routing_header: String,
     #[serde(default = "default_stamp_header")]
     pub stamp_header: String,
+    /// Only requests matching all of these are Aviary's; others pass untouched and uncounted
+    /// (e.g. `:authority`, where one proxy carries several services).
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<ConditionConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -374,6 +378,8 @@ pub struct Compiled {
     pub service: String,
     pub routing_header: String,
     pub stamp_header: Option<String>,
+    /// Conditions a request must meet to be handled at all (`match`).
+    pub scope: Vec<Condition>,
     pub versions: Vec<CompiledVersion>,
     /// `upper[i]` is the exclusive upper bucket bound of version i's range; see `routing`.
     pub layout: Vec<(u32, u32)>,
@@ -459,6 +465,8 @@ fn valid_name(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+const PSEUDO_HEADERS: [&str; 4] = [":authority", ":method", ":path", ":scheme"];
 
 fn valid_header_name(s: &str) -> bool {
     !s.is_empty()
@@ -752,11 +760,14 @@ fn compile(cfg: &PluginConfig, digest: u64) -> Result<Compiled, ConfigError> {
     };
 
     let metrics = compile_metrics(cfg.metrics.as_ref())?;
+    let scope = compile_conditions(&cfg.scope, "match")?;
+    needs_headers |= !scope.is_empty();
 
     Ok(Compiled {
         service: cfg.service.clone(),
         routing_header: cfg.routing_header.clone(),
         stamp_header: (!cfg.stamp_header.is_empty()).then(|| cfg.stamp_header.clone()),
+        scope,
         layout: crate::routing::layout(&versions),
         versions,
         sticky: cfg.sticky.clone(),
@@ -974,7 +985,10 @@ fn compile_conditions(
 fn compile_condition(c: &ConditionConfig, field: &str) -> Result<Condition, ConfigError> {
     let source = match (&c.header, &c.cookie, &c.query, &c.path_prefix) {
         (Some(h), None, None, None) => {
-            check_header_name(format!("{field}.header"), h)?;
+            // Conditions may read the request's pseudo-headers too, e.g. `:authority`.
+            if !PSEUDO_HEADERS.contains(&h.as_str()) {
+                check_header_name(format!("{field}.header"), h)?;
+            }
             Source::Header(h.clone())
         }
         (None, Some(k), None, None) if !k.is_empty() => Source::Cookie(k.clone()),

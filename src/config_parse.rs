@@ -173,6 +173,7 @@ pub(crate) fn plugin_config(v: &Value) -> R<PluginConfig> {
             "versions",
             "routingHeader",
             "stampHeader",
+            "match",
             "sticky",
             "rules",
             "override",
@@ -198,6 +199,7 @@ pub(crate) fn plugin_config(v: &Value) -> R<PluginConfig> {
             .opt_str("stampHeader")?
             .unwrap_or_else(default_stamp_header),
         sticky: o.nested("sticky", sticky)?,
+        scope: o.each("match", condition)?,
         rules: o.each("rules", rule)?,
         override_: o.nested("override", override_)?,
         kill_switch: o.opt_str("killSwitch")?,

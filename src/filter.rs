@@ -382,6 +382,9 @@ impl Stream {
         } else {
             RequestView::default()
         };
+        if !conditions_hold(&cfg.scope, &req) {
+            return;
+        }
         let mut source_ip = || -> Option<IpAddr> {
             let raw = host.property(&["source", "address"])?;
             parse_socket_ip(std::str::from_utf8(&raw).ok()?)

@@ -557,3 +557,36 @@ fn typical_ramp_keeps_users_sticky() {
     }
     assert!(seen[5].iter().all(|v| v == "canary"));
 }
+
+#[test]
+fn requests_outside_match_pass_untouched_and_uncounted() {
+    let host = host(&cfg(
+        (0, 10000),
+        r#""match":[{"header":":authority","oneOf":["recsys","recsys.default.svc.cluster.local"]}]"#,
+    ));
+    let one = |authority: &str| {
+        let s = host.http_stream().unwrap();
+        let h = [
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", authority),
+            ("x-aviary-version", "client-value"),
+        ];
+        s.request_headers(&h, true).expect_continue().unwrap();
+        let route = s.request_header("x-aviary-version");
+        s.response_headers(&[(":status", "200")], true)
+            .expect_continue()
+            .unwrap();
+        let stamp = s.response_header("x-aviary-served-by");
+        s.finish().unwrap();
+        (route, stamp)
+    };
+    assert_eq!(
+        one("recsys"),
+        (Some("canary".into()), Some("canary".into()))
+    );
+    // Another service behind the same proxy: not Aviary's to route, stamp or count.
+    assert_eq!(one("payments"), (Some("client-value".into()), None));
+    assert_eq!(counter(&host, &req_metric("canary", "random")), 1);
+    assert_eq!(counter(&host, &resp_metric("canary", "2xx")), 1);
+}

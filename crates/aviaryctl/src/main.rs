@@ -279,6 +279,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut sink = IstioWasmPluginSink::new(name, url, output);
             sink.namespace = namespace.or_else(|| istio.map(|i| i.namespace.clone()));
             sink.selector = istio.map(|i| i.selector.clone()).unwrap_or_default();
+            sink.mode = istio.map(|i| i.mode).unwrap_or_default();
             sink.sha256 = sha256;
             sink.priority = priority;
             sink.fail_strategy = match fail_strategy {

@@ -253,6 +253,7 @@ pub fn sinks_for(spec: &RolloutSpec) -> Result<Vec<Box<dyn ConfigSink + Send>>, 
         );
         sink.namespace = Some(istio.namespace.clone());
         sink.selector = istio.selector.clone();
+        sink.mode = istio.mode;
         sinks.push(Box::new(sink));
     }
     if sinks.is_empty() {
@@ -300,6 +301,20 @@ pub enum Phase {
     UnspecifiedPhase,
 }
 
+/// `spec.match[].mode` of a WasmPlugin: which side of a connection the plugin runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TrafficMode {
+    /// Outbound requests of the selected workloads, and gateways. Aviary's default: Istio picks
+    /// the subset where a request leaves (the caller's sidecar or the gateway), so that is
+    /// where the routing header must be set.
+    #[default]
+    Client,
+    /// Inbound requests of the selected workloads: too late to choose a subset.
+    Server,
+    ClientAndServer,
+}
+
 /// Where rendered manifests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestOutput {
@@ -328,6 +343,8 @@ pub struct IstioWasmPluginSink {
     pub priority: Option<i32>,
     /// `spec.selector.matchLabels` (workloads to apply to); empty means all in the namespace.
     pub selector: BTreeMap<String, String>,
+    /// `spec.match[0].mode`.
+    pub mode: TrafficMode,
     /// `spec.pluginName` (the root id).
     pub plugin_name: String,
     pub output: ManifestOutput,
@@ -345,6 +362,7 @@ impl IstioWasmPluginSink {
             phase: Phase::default(),
             priority: None,
             selector: BTreeMap::new(),
+            mode: TrafficMode::default(),
             plugin_name: "aviary".into(),
             output,
         }
@@ -376,6 +394,7 @@ impl IstioWasmPluginSink {
             "failStrategy": self.fail_strategy,
             "phase": self.phase,
             "type": "HTTP",
+            "match": [{"mode": self.mode}],
             "pluginConfig": plugin_config,
         });
         if let Some(sha) = &self.sha256 {

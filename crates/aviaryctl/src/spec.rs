@@ -111,6 +111,10 @@ pub struct IstioWasmPlugin {
     /// `spec.selector.matchLabels`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
+    /// `spec.match[].mode`: `CLIENT` (default: callers' sidecars and gateways, where Istio picks
+    /// the subset), `SERVER` or `CLIENT_AND_SERVER`.
+    #[serde(default)]
+    pub mode: crate::sink::TrafficMode,
 }
 
 fn default_namespace() -> String {

@@ -177,6 +177,7 @@ fn istio_manifest_validates_against_the_crd() {
     assert_eq!(manifest["spec"]["failStrategy"], "FAIL_OPEN");
     assert_eq!(manifest["spec"]["phase"], "STATS");
     assert_eq!(manifest["spec"]["type"], "HTTP");
+    assert_eq!(manifest["spec"]["match"][0]["mode"], "CLIENT");
 
     // pluginConfig is the plugin JSON as a map, and the plugin accepts it back.
     let yaml = sink.render(&cfg).expect("yaml");

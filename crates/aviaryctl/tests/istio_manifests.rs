@@ -88,6 +88,16 @@ fn wasmplugin_config_is_accepted_by_the_plugin_parser() {
             "{name}: sha256"
         );
         assert!(spec["failStrategy"].is_string(), "{name}: failStrategy");
+        // Istio picks the subset where the request leaves: inbound is too late to route.
+        assert_eq!(
+            spec["match"][0]["mode"], "CLIENT",
+            "{name}: runs on callers"
+        );
+        let scope = &spec["pluginConfig"]["match"][0];
+        assert_eq!(
+            scope["header"], ":authority",
+            "{name}: scoped to the service"
+        );
         let cfg = PluginConfig::from_value(&spec["pluginConfig"])
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let raw = serde_json::to_vec(&spec["pluginConfig"]).unwrap();
@@ -104,4 +114,22 @@ fn wasmplugin_config_is_accepted_by_the_plugin_parser() {
         .1;
     let header = aviary::config::DEFAULT_ROUTING_HEADER;
     assert!(vs["spec"]["http"][0]["match"][0]["headers"][header].is_object());
+    // Every host the VirtualService serves is in the plugin's scope.
+    let plugin = manifests()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "WasmPlugin")
+        .unwrap()
+        .1;
+    let scope: Vec<&str> = plugin["spec"]["pluginConfig"]["match"][0]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for host in vs["spec"]["hosts"].as_array().unwrap() {
+        assert!(
+            scope.contains(&host.as_str().unwrap()),
+            "{host:?} not in {scope:?}"
+        );
+    }
 }
