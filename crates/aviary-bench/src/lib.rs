@@ -49,7 +49,7 @@ impl Options {
             run_secs: 2,
             warmup_secs: 1,
             connections: 32,
-            latency_rounds: 3,
+            latency_rounds: 5,
             latency_rate: 1000.0,
             latency_secs: 3,
             host_requests: 15_000,

@@ -84,8 +84,7 @@ pub fn goals(r: &Report) -> Vec<Goal> {
         0.90,
     ));
     for v in [Variant::AviaryPercent, Variant::AviarySticky] {
-        let added =
-            t.latency(v, |l| l.p50_ms).median - t.latency(Variant::Noop, |l| l.p50_ms).median;
+        let added = t.p50_added(v).median;
         g.push(Goal {
             name: format!(
                 "p50 added over the no-op filter at {:.0} req/s: {}",
@@ -268,7 +267,9 @@ fn method(s: &mut String, r: &Report) {
          from one bootstrap (`crates/aviary-bench/envoy/proxy.yaml`, with the `stats_config` of \
          `envoy/aviary-header-match.yaml`); only the routes and HTTP filters differ. Aviary \
          routes as shipped: the plugin sets `x-aviary-version` and a header-match route picks the \
-         cluster; it stamps `x-aviary-served-by` and counts its metrics on every request. The no-op \
+         cluster; it stamps `x-aviary-served-by` and counts its metrics and latency on every \
+         request (in the VM's memory, sent to Envoy every 50 ms). `via: envoy` adds a \
+         `request_mirror_policies` entry with `cluster_header` to those routes. The no-op \
          filter (crates/aviary-noop) is built and wasm-opt'ed like aviary.wasm.\n\
          - **Upstream**: a second Envoy (`crates/aviary-bench/envoy/upstream.yaml`) answering each \
          cluster on its own listener with `direct_response` and a 44-byte JSON body. The check \
@@ -291,8 +292,10 @@ fn method(s: &mut String, r: &Report) {
          {n} rounds; the ratio of their CPU per request cancels most of that drift. The no-op filter \
          paired with a second no-op instance shows what is left.\n\
          - **Latency at a fixed rate**: aviary-sim's open-loop generator at {rate:.0} req/s over 4 \
-         connections for {ls} s per run, {ln} rounds; wrk's percentiles are closed-loop (queueing at \
-         saturation) and only describe the throughput runs.\n\
+         connections for {ls} s per run, each variant at the same time as the no-op filter (each \
+         with its own generator, so a pair shares the machine's state), {ln} rounds; wrk's \
+         percentiles are closed-loop (queueing at saturation) and only describe the throughput \
+         runs.\n\
          - **Inside the plugin**: the real release .wasm in the wasmtime test host \
          (`crates/aviary-testhost`), {hr} streams per row, each callback timed from the host side, \
          fastest of five blocks.\n",
@@ -387,20 +390,23 @@ fn throughput(s: &mut String, r: &Report) {
     }
     let _ = writeln!(
         s,
-        "\n**Latency at a fixed {:.0} req/s** (open loop; median [min–max] over rounds):\n\n\
+        "\n**Latency at a fixed {:.0} req/s** (open loop; each variant loaded at the same time as \
+         the no-op filter; median [min–max] over rounds; *added* is the median of each round's \
+         difference from the no-op run beside it):\n\n\
          | Variant | p50 ms | p99 ms | p50 added over no-op wasm |\n|---|---|---|---|",
         r.opts.latency_rate
     );
-    let noop_p50 = t.latency(Variant::Noop, |l| l.p50_ms).median;
     for v in Variant::LATENCY {
-        let p50 = t.latency(v, |l| l.p50_ms);
+        let added = t.p50_added(v);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:+.3} ms |",
+            "| {} | {} | {} | {:+.3} ms [{:+.3}–{:+.3}] |",
             v.label(),
-            spread(p50, 3),
+            spread(t.latency(v, |l| l.p50_ms), 3),
             spread(t.latency(v, |l| l.p99_ms), 3),
-            p50.median - noop_p50
+            added.median,
+            added.min,
+            added.max
         );
     }
     let up = Spread::of(t.upstream_alone.iter().map(|w| w.rps));

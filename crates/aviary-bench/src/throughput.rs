@@ -76,6 +76,8 @@ pub struct Results {
     pub runs: BTreeMap<&'static str, Vec<Run>>,
     pub pairs: Vec<Pair>,
     pub latency: BTreeMap<&'static str, Vec<LatencyRun>>,
+    /// Per variant, the no-op filter's runs made at the same time as its latency runs.
+    pub latency_ref: BTreeMap<&'static str, Vec<LatencyRun>>,
     /// The upstream alone, driven directly by wrk: its ceiling.
     pub upstream_alone: Vec<WrkResult>,
     /// Memory of each proxy after its runs: (RSS KiB, Envoy's `server.memory_allocated`).
@@ -113,6 +115,14 @@ impl Results {
 
     pub fn latency(&self, v: Variant, f: impl Fn(&LatencyRun) -> f64) -> Spread {
         Spread::of(self.latency.get(v.key()).into_iter().flatten().map(f))
+    }
+
+    /// `v`'s p50 minus the no-op filter's measured at the same time, per round.
+    pub fn p50_added(&self, v: Variant) -> Spread {
+        let (Some(a), Some(b)) = (self.latency.get(v.key()), self.latency_ref.get(v.key())) else {
+            return Spread::of(std::iter::once(0.0));
+        };
+        Spread::of(a.iter().zip(b).map(|(x, y)| x.p50_ms - y.p50_ms))
     }
 
     /// Median other load over every one-at-a-time and side-by-side run.
@@ -279,30 +289,54 @@ fn side_by_side_rounds(
 
 /// Latency at a fixed, moderate rate.
 fn fixed_rate_rounds(proxies: &[Proxy], opts: &Options, res: &mut Results) -> anyhow::Result<()> {
+    let Some(noop) = proxies.iter().find(|p| p.variant == Variant::Noop) else {
+        return Ok(());
+    };
+    let chosen: Vec<&Proxy> = proxies
+        .iter()
+        .filter(|p| Variant::LATENCY.contains(&p.variant) && p.variant != Variant::Noop)
+        .collect();
     for round in 0..opts.latency_rounds {
-        for p in proxies
-            .iter()
-            .filter(|p| Variant::LATENCY.contains(&p.variant))
-        {
-            let r = fixed_rate(round, &p.url, opts)?;
+        for p in &chosen {
+            // The variant and the no-op filter at once, each from its own generator, so the
+            // round's difference is not the machine's drift between two runs.
+            let (r, base) = thread::scope(|s| {
+                let a = s.spawn(|| fixed_rate(round, &p.url, opts));
+                let b = s.spawn(|| fixed_rate(round, &noop.url, opts));
+                (a.join(), b.join())
+            });
+            let joined = |r: std::thread::Result<anyhow::Result<LatencyRun>>| {
+                r.map_err(|_| anyhow::anyhow!("a load thread panicked"))?
+            };
+            let (r, base) = (joined(r)?, joined(base)?);
             eprintln!(
-                "latency round {} {:<22} {:.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}",
+                "latency round {} {:<22} {:.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}  (no-op at once: p50 {:.3} ms)",
                 round + 1,
                 p.variant.key(),
                 r.rps,
                 r.p50_ms,
                 r.p99_ms,
-                r.errors
+                r.errors,
+                base.p50_ms
             );
-            if r.errors > 0 {
-                res.problems.push(format!(
-                    "{}: {} errors in fixed-rate round {}",
-                    p.variant.key(),
-                    r.errors,
-                    round + 1
-                ));
+            for (key, run) in [(p.variant.key(), &r), (Variant::Noop.key(), &base)] {
+                if run.errors > 0 {
+                    res.problems.push(format!(
+                        "{key}: {} errors in fixed-rate round {}",
+                        run.errors,
+                        round + 1
+                    ));
+                }
             }
             res.latency.entry(p.variant.key()).or_default().push(r);
+            res.latency
+                .entry(Variant::Noop.key())
+                .or_default()
+                .push(base.clone());
+            res.latency_ref
+                .entry(p.variant.key())
+                .or_default()
+                .push(base);
         }
     }
     Ok(())
