@@ -11,7 +11,7 @@ ENVOY := $(VENV)/bin/envoy
 WASM_OPT := .tools/node_modules/.bin/wasm-opt
 export AVIARY_ROOT := $(CURDIR)
 
-.PHONY: all build test lint envoy demo bench bench-quick wasm-target tools system-deps clean
+.PHONY: all build test lint envoy demo bench bench-pairs bench-quick wasm-target tools system-deps clean
 
 all: build
 
@@ -88,6 +88,11 @@ endef
 bench: build envoy system-deps
 	$(build_noop)
 	$(BENCH_CARGO) run --release -p aviary-bench -- --out BENCHMARKS.md
+
+## bench-pairs: side-by-side pairs only, e.g. PAIRS=noop:aviary-split [BENCH_ARGS="--rounds 7 --alt-wasm F"]
+bench-pairs: build envoy system-deps
+	$(build_noop)
+	$(BENCH_CARGO) run --release -p aviary-bench -- --pairs $(PAIRS) $(BENCH_ARGS)
 
 ## bench-quick: every benchmark once, briefly; checks for errors, not speed
 bench-quick: build envoy system-deps
