@@ -164,11 +164,6 @@ impl Tally {
             }
         }
     }
-
-    /// Counts not yet sent (for tests and the shutdown path).
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
-    }
 }
 
 fn to_i64(n: u64) -> i64 {

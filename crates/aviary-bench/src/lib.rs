@@ -178,19 +178,7 @@ pub fn compare(opts: &Options, keys: &[String]) -> anyhow::Result<throughput::Re
         .iter()
         .map(|k| variant(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let stats = variants::stats_config(&opts.root)?;
-    let script = opts.root.join("crates/aviary-bench/envoy/user-keys.lua");
-    let res = throughput::run(
-        &Options {
-            latency_rounds: 0,
-            ..opts.clone()
-        },
-        &opts.wasms,
-        &stats,
-        &script,
-        &chosen,
-        &[],
-    )?;
+    let res = throughput_only(opts, &chosen, &[])?;
     let base = chosen[0];
     for &v in &chosen {
         let (ratio, per_round) = res.ratio(v, base);
@@ -204,6 +192,27 @@ pub fn compare(opts: &Options, keys: &[String]) -> anyhow::Result<throughput::Re
     Ok(res)
 }
 
+/// One-at-a-time runs of `chosen` and side-by-side `pairs`, without the fixed-rate rounds.
+fn throughput_only(
+    opts: &Options,
+    chosen: &[variants::Variant],
+    pairs: &[(variants::Variant, variants::Variant)],
+) -> anyhow::Result<throughput::Results> {
+    let stats = variants::stats_config(&opts.root)?;
+    let script = opts.root.join("crates/aviary-bench/envoy/user-keys.lua");
+    throughput::run(
+        &Options {
+            latency_rounds: 0,
+            ..opts.clone()
+        },
+        &opts.wasms,
+        &stats,
+        &script,
+        chosen,
+        pairs,
+    )
+}
+
 /// Side-by-side pairs only (`reference:variant`), each with a one-line summary.
 pub fn pairs(opts: &Options, specs: &[String]) -> anyhow::Result<throughput::Results> {
     let chosen = specs
@@ -215,19 +224,7 @@ pub fn pairs(opts: &Options, specs: &[String]) -> anyhow::Result<throughput::Res
             Ok((variant(a)?, variant(b)?))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let stats = variants::stats_config(&opts.root)?;
-    let script = opts.root.join("crates/aviary-bench/envoy/user-keys.lua");
-    let res = throughput::run(
-        &Options {
-            latency_rounds: 0,
-            ..opts.clone()
-        },
-        &opts.wasms,
-        &stats,
-        &script,
-        &[],
-        &chosen,
-    )?;
+    let res = throughput_only(opts, &[], &chosen)?;
     for &(a, b) in &chosen {
         if let Some(p) = res.pair(a, b) {
             let r = p.ratios();

@@ -69,19 +69,12 @@ fn main_inner() -> anyhow::Result<ExitCode> {
     opts.rounds = rounds.unwrap_or(opts.rounds);
     opts.wasms.alt = alt;
     opts.run_secs = secs.unwrap_or(opts.run_secs);
-    if let Some(pairs) = pairs {
-        let res = aviary_bench::pairs(&opts, &pairs)?;
-        for p in &res.problems {
-            eprintln!("problem: {p}");
-        }
-        return Ok(if res.problems.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
-    }
-    if let Some(keys) = compare {
-        let res = aviary_bench::compare(&opts, &keys)?;
+    let partial = match (pairs, compare) {
+        (Some(pairs), _) => Some(aviary_bench::pairs(&opts, &pairs)?),
+        (None, Some(keys)) => Some(aviary_bench::compare(&opts, &keys)?),
+        (None, None) => None,
+    };
+    if let Some(res) = partial {
         for p in &res.problems {
             eprintln!("problem: {p}");
         }
