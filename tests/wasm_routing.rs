@@ -590,3 +590,19 @@ fn requests_outside_match_pass_untouched_and_uncounted() {
     assert_eq!(counter(&host, &req_metric("canary", "random")), 1);
     assert_eq!(counter(&host, &resp_metric("canary", "2xx")), 1);
 }
+
+#[test]
+fn a_root_that_shuts_down_sends_what_it_counted() {
+    let host = host(&cfg((10000, 0), ""));
+    for _ in 0..7 {
+        request(&host, &[("x-user-id", "u")], "200");
+    }
+    let name = req_metric("stable", "sticky");
+    assert_eq!(host.counter(&name), Some(0), "not sent yet");
+    assert!(host.shutdown().unwrap());
+    assert_eq!(host.counter(&name), Some(7));
+    assert_eq!(
+        host.counter("aviary_request_duration_ms_count.service.recsys.version.stable"),
+        Some(7)
+    );
+}
