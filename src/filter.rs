@@ -82,7 +82,7 @@ impl Root {
 
     /// Applies a new configuration, or rejects it and keeps the last good one.
     pub fn on_configure(&mut self, host: &dyn Host, raw: Option<&[u8]>) -> bool {
-        match activate(host, &mut self.tally.borrow_mut(), raw) {
+        match activate(host, &self.tally, raw) {
             Ok(active) => {
                 host.log(LogLevel::Info, &describe(&active.cfg));
                 let flush = active.cfg.metrics.flush_interval_ms;
@@ -192,13 +192,17 @@ fn describe(cfg: &Compiled) -> String {
     )
 }
 
-fn activate(host: &dyn Host, tally: &mut Tally, raw: Option<&[u8]>) -> Result<Active, ConfigError> {
+fn activate(
+    host: &dyn Host,
+    tally: &RefCell<Tally>,
+    raw: Option<&[u8]>,
+) -> Result<Active, ConfigError> {
     let raw = raw.filter(|r| !r.is_empty()).ok_or(ConfigError {
         field: String::new(),
         message: "no configuration given; set the plugin configuration to Aviary's JSON (README, \"Configuration\")".into(),
     })?;
     let cfg = crate::config::parse_and_compile(raw)?;
-    let ids = define_metrics(host, &RefCell::new(tally), &cfg)?;
+    let ids = define_metrics(host, tally, &cfg)?;
     Ok(Active { cfg, ids })
 }
 
@@ -211,7 +215,7 @@ fn refused(name: &str) -> ConfigError {
 
 fn define_metrics(
     host: &dyn Host,
-    tally: &RefCell<&mut Tally>,
+    tally: &RefCell<Tally>,
     cfg: &Compiled,
 ) -> Result<MetricIds, ConfigError> {
     let svc = cfg.service.as_str();
@@ -573,10 +577,10 @@ impl Stream {
     }
 
     pub fn on_response_body(&mut self, host: &dyn Host, size: usize, end_of_stream: bool) {
-        let limit = self.buffer_limit();
-        if let Some(buf) = &mut self.response {
-            if size > 0 && !buf.overflowed {
-                let chunk = host.body(Body::Response, 0, size).unwrap_or_default();
+        if size > 0 && self.response.as_ref().is_some_and(|b| !b.overflowed) {
+            let limit = self.buffer_limit();
+            let chunk = host.body(Body::Response, 0, size).unwrap_or_default();
+            if let Some(buf) = &mut self.response {
                 buf.push(&chunk, limit);
             }
         }

@@ -58,25 +58,21 @@ pub fn spec_with(from: &str, to: &str) -> RolloutSpec {
     parse(&SPEC.replacen(from, to, 1))
 }
 
-/// SplitMix64: small, fast, good enough for simulations, and stable across platforms.
-pub struct Rng(u64);
+/// aviary-sim's SplitMix64 with the simulations' seeding, plus the draws they need.
+pub struct Rng(aviary_sim::rng::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+        Rng(aviary_sim::rng::Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     pub fn normal(&mut self) -> f64 {
