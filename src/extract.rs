@@ -63,7 +63,7 @@ pub fn from_value(
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => i.to_string(),
-                (None, Some(f)) => crate::metrics::fmt_decimal(f),
+                (None, Some(f)) => aviary_contract::units::fmt_decimal(f),
                 _ => return Err(Unusable::FieldMissing),
             },
             Some(Value::Bool(b)) => b.to_string(),

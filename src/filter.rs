@@ -5,19 +5,19 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use crate::cidr::parse_socket_ip;
-use crate::config::{Compiled, ConfigError, BUCKETS};
 use crate::extract::{self, BodyBuffer, Fields, Unusable};
-use crate::hash::SplitMix64;
 use crate::host::{Body, Host, LogLevel, MetricKind};
-use crate::matcher::RequestView;
-use crate::metrics::{self, stat_name, CLASSES, CLASS_LOCAL, CLASS_RESET};
+use crate::request::RequestView;
 use crate::routing::{conditions_hold, decide, in_share, sticky_key, Reason};
 use crate::shadow::{
     copy_header, unusable_index, Job, Outcome, Shadows, DIRECTIONS, RESULTS, SHADOW_CLASSES,
     UNCOMPARED, U_CAPACITY, U_PRIMARY_ERROR,
 };
 use crate::tally::{HistoNames, Tally};
+use aviary_contract::cidr::parse_socket_ip;
+use aviary_contract::config::{Compiled, ConfigError, BUCKETS};
+use aviary_contract::hash::SplitMix64;
+use aviary_contract::metrics::{self, stat_name, CLASSES, CLASS_LOCAL, CLASS_RESET};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -201,7 +201,7 @@ fn activate(
         field: String::new(),
         message: "no configuration given; set the plugin configuration to Aviary's JSON (README, \"Configuration\")".into(),
     })?;
-    let cfg = crate::config::parse_and_compile(raw)?;
+    let cfg = aviary_contract::config::parse_and_compile(raw)?;
     let ids = define_metrics(host, tally, &cfg)?;
     Ok(Active { cfg, ids })
 }

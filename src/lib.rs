@@ -3,16 +3,11 @@
 //! per-version metrics. Only `adapter` and the wiring below touch proxy-wasm; the rest is
 //! plain Rust, shared with the rollout driver and tested natively.
 
-pub mod cidr;
-pub mod config;
-mod config_parse;
 pub mod extract;
 pub mod filter;
-pub mod hash;
 pub mod headers;
 pub mod host;
-pub mod matcher;
-pub mod metrics;
+pub mod request;
 pub mod routing;
 pub mod shadow;
 pub mod tally;

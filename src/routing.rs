@@ -11,9 +11,9 @@
 
 use std::net::IpAddr;
 
-use crate::config::{Compiled, CompiledVersion, Condition, BUCKETS};
-use crate::hash::{bucket, SplitMix64};
-use crate::matcher::RequestView;
+use crate::request::RequestView;
+use aviary_contract::config::{Compiled, Condition, BUCKETS};
+use aviary_contract::hash::{bucket, SplitMix64};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -45,18 +45,6 @@ pub struct Decision {
     pub reason: Reason,
     /// An override header was present but not honoured (untrusted source or unknown version).
     pub override_rejected: bool,
-}
-
-/// `(lo, hi)` bucket range of each version, in config order.
-pub fn layout(versions: &[CompiledVersion]) -> Vec<(u32, u32)> {
-    let mut out = vec![(0, 0); versions.len()];
-    let mut top = BUCKETS;
-    for (i, v) in versions.iter().enumerate().skip(1) {
-        out[i] = (top - v.weight_bps, top);
-        top -= v.weight_bps;
-    }
-    out[0] = (0, top);
-    out
 }
 
 /// The version owning `bucket` under `layout`.

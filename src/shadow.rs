@@ -237,7 +237,7 @@ impl Shadows {
         let class = match status {
             _ if timed_out => SC_TIMEOUT,
             None => SC_RESET,
-            Some(st) => crate::metrics::class_of_status(st),
+            Some(st) => aviary_contract::metrics::class_of_status(st),
         };
         let ids = &p.active.ids;
         self.tally

@@ -77,7 +77,7 @@ impl Tally {
         names: HistoNames<'_>,
         bounds_us: &[u64],
     ) -> Option<u32> {
-        let key = crate::metrics::stat_name(names.base, names.labels)
+        let key = aviary_contract::metrics::stat_name(names.base, names.labels)
             + "|"
             + &names.bound_labels.join(",");
         if let Some(h) = self.histo_of.get(&key) {
@@ -93,11 +93,14 @@ impl Tally {
         {
             let mut labels = names.labels.to_vec();
             labels.push(("le", le));
-            let name = crate::metrics::stat_name(&bucket, &labels);
+            let name = aviary_contract::metrics::stat_name(&bucket, &labels);
             ids.push(self.define(host, MetricKind::Counter, &name)?);
         }
         for suffix in ["_count", "_sum"] {
-            let name = crate::metrics::stat_name(&format!("{}{suffix}", names.base), names.labels);
+            let name = aviary_contract::metrics::stat_name(
+                &format!("{}{suffix}", names.base),
+                names.labels,
+            );
             ids.push(self.define(host, MetricKind::Counter, &name)?);
         }
         let h = u32::try_from(self.histos.len()).ok()?;

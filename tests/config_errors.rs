@@ -2,7 +2,7 @@
 //! the same through the .wasm's on_configure).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aviary::config::{parse_and_compile, PluginConfig};
+use aviary_contract::config::{parse_and_compile, PluginConfig};
 
 fn err(json: &str) -> (String, String) {
     let e = parse_and_compile(json.as_bytes()).expect_err(json);

@@ -124,7 +124,7 @@ fn same_user_always_reaches_one_version_and_rules_force_versions() {
     // Find a user the weights put on stable; the debug rule still forces the canary.
     let stable_user = (0..200)
         .map(|i| format!("u{i}"))
-        .find(|u| aviary::hash::bucket(u.as_bytes(), 0) < 9000)
+        .find(|u| aviary_contract::hash::bucket(u.as_bytes(), 0) < 9000)
         .unwrap();
     let r = get(&rig.url, &[("x-user-id", &stable_user)]);
     assert_eq!(r.header("x-aviary-served-by"), Some("stable"));
@@ -141,7 +141,7 @@ fn same_user_always_reaches_one_version_and_rules_force_versions() {
     );
     let canary_user = (0..2000)
         .map(|i| format!("u{i}"))
-        .find(|u| aviary::hash::bucket(u.as_bytes(), 0) >= 9000)
+        .find(|u| aviary_contract::hash::bucket(u.as_bytes(), 0) >= 9000)
         .unwrap();
     let r = get(&rig.url, &[("x-user-id", &canary_user)]);
     assert_eq!(r.header("x-model-version"), Some("canary"));
@@ -203,7 +203,7 @@ fn upstream_failures_are_counted_as_local_replies() {
     // The canary is gone: Envoy answers 503 itself, and the plugin counts a local reply.
     let canary_user = (0..2000)
         .map(|i| format!("u{i}"))
-        .find(|u| aviary::hash::bucket(u.as_bytes(), 0) >= 9000)
+        .find(|u| aviary_contract::hash::bucket(u.as_bytes(), 0) >= 9000)
         .unwrap();
     for _ in 0..5 {
         let r = get(&rig.url, &[("x-user-id", &canary_user)]);
@@ -254,7 +254,7 @@ fn every_shipped_envoy_config_validates() {
         // Envoy only sees a string; the plugin's own parser must accept it too.
         let doc: serde_yaml::Value = serde_yaml::from_str(&envoy_file(&name)).unwrap();
         for json in plugin_configs(&doc) {
-            aviary::config::parse_and_compile(json.as_bytes())
+            aviary_contract::config::parse_and_compile(json.as_bytes())
                 .unwrap_or_else(|e| panic!("{name}: the plugin rejects its config: {e}"));
         }
         n += 1;
@@ -266,7 +266,7 @@ fn every_shipped_envoy_config_validates() {
     let json = res["resources"][0]["typed_config"]["config"]["configuration"]["value"]
         .as_str()
         .unwrap();
-    aviary::config::parse_and_compile(json.as_bytes()).unwrap();
+    aviary_contract::config::parse_and_compile(json.as_bytes()).unwrap();
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn ecds_applies_new_weights_under_load_without_failures() {
         // A user in the top bucket is on the canary at any weight > 0.
         let top_user = (0..5000)
             .map(|i| format!("u{i}"))
-            .find(|u| aviary::hash::bucket(u.as_bytes(), 0) >= 9990)
+            .find(|u| aviary_contract::hash::bucket(u.as_bytes(), 0) >= 9990)
             .unwrap();
         let ok = wait_until(Duration::from_secs(3), || {
             get(&rig.url, &[("x-user-id", &top_user)]).header("x-aviary-served-by") == Some(want)

@@ -95,7 +95,7 @@ fn agreement_and_score_bins_match_the_models_known_outputs() {
     );
     for (i, want) in want_bins.iter().enumerate() {
         let bin = if i < BOUNDS.len() {
-            aviary::metrics::fmt_decimal(BOUNDS[i])
+            aviary_contract::units::fmt_decimal(BOUNDS[i])
         } else {
             "+Inf".into()
         };
@@ -196,7 +196,7 @@ fn slow_or_broken_shadows_never_hurt_users() {
 fn via_envoy_mirrors_exactly_the_chosen_users_and_ignores_client_headers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let plugin = r#"{"service":"recsys","versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0}],"sticky":{"keys":[{"header":"x-user-id"}]},"shadow":{"via":"envoy","targets":[{"version":"v2","cluster":"shadow_v2"}],"share":2500}}"#;
-    let seed = aviary::config::parse_and_compile(plugin.as_bytes())
+    let seed = aviary_contract::config::parse_and_compile(plugin.as_bytes())
         .unwrap()
         .shadow
         .unwrap()
@@ -226,7 +226,7 @@ fn via_envoy_mirrors_exactly_the_chosen_users_and_ignores_client_headers() {
     }
     let chosen = users
         .iter()
-        .filter(|u| aviary::hash::bucket(u.as_bytes(), seed) < 2500)
+        .filter(|u| aviary_contract::hash::bucket(u.as_bytes(), seed) < 2500)
         .count() as u64;
     assert!(
         (40..=110).contains(&chosen),

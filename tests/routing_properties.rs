@@ -1,10 +1,10 @@
 //! Property tests of the sticky split's monotone ramp (native, on the same code the .wasm runs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aviary::config::{parse_and_compile, Compiled};
-use aviary::hash::SplitMix64;
-use aviary::matcher::RequestView;
+use aviary::request::RequestView;
 use aviary::routing::decide;
+use aviary_contract::config::{parse_and_compile, Compiled};
+use aviary_contract::hash::SplitMix64;
 use proptest::prelude::*;
 
 fn config(weights: &[u32]) -> Compiled {

@@ -133,7 +133,7 @@ fn latency_histogram_is_cumulative_in_microseconds() {
 fn start_logs_version_and_digest() {
     let raw = cfg((9000, 1000), "");
     let host = host(&raw);
-    let digest = format!("{:016x}", aviary::config::digest(raw.as_bytes()));
+    let digest = format!("{:016x}", aviary_contract::config::digest(raw.as_bytes()));
     let logs: Vec<String> = host.logs().iter().map(|l| l.message.clone()).collect();
     assert!(
         logs.iter().any(|l| l.contains("aviary 0.1.0 starting")),
@@ -146,7 +146,7 @@ fn start_logs_version_and_digest() {
     );
     assert_eq!(
         host.gauge("aviary_config_digest.service.recsys"),
-        Some((aviary::config::digest(raw.as_bytes()) & ((1 << 48) - 1)) as i64)
+        Some((aviary_contract::config::digest(raw.as_bytes()) & ((1 << 48) - 1)) as i64)
     );
     assert_eq!(
         host.gauge("aviary_weight_bps.service.recsys.version.canary"),
@@ -166,7 +166,7 @@ fn routes_stamps_and_counts_exactly() {
             if i % 10 == 0 { "503" } else { "200" },
         );
         assert_eq!(route, stamp);
-        let expect = if aviary::hash::bucket(user.as_bytes(), 0) >= 9000 {
+        let expect = if aviary_contract::hash::bucket(user.as_bytes(), 0) >= 9000 {
             "canary"
         } else {
             "stable"

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use aviary_sim::{
     EnvoyProcess, Fault, HttpConnection, HttpRequest, LoadConfig, ModelServer, ModelServerConfig,
 };
@@ -70,7 +70,7 @@ fn base_config() -> serde_json::Value {
 fn canary_user() -> String {
     (0..)
         .map(|i| format!("probe-{i}"))
-        .find(|u| aviary::hash::bucket(u.as_bytes(), 0) >= 9990)
+        .find(|u| aviary_contract::hash::bucket(u.as_bytes(), 0) >= 9990)
         .unwrap_or_default()
 }
 

@@ -76,7 +76,7 @@ pub struct ConfigCost {
     pub rules: usize,
     pub versions: usize,
     pub config_bytes: usize,
-    /// `aviary::config::parse_and_compile`, native, µs.
+    /// `aviary_contract::config::parse_and_compile`, native, µs.
     pub native_us: f64,
     /// `proxy_on_configure` in the test host (parse, compile, metric definitions), µs.
     pub host_us: f64,
@@ -202,7 +202,7 @@ pub fn run(
         for rules in CONFIG_RULES {
             let raw = config_with(rules, versions).to_string();
             let native_us = time_each(budget, || {
-                aviary::config::parse_and_compile(raw.as_bytes())
+                aviary_contract::config::parse_and_compile(raw.as_bytes())
                     .map(drop)
                     .map_err(|e| anyhow::anyhow!("{e}"))
             })?;
@@ -347,7 +347,7 @@ mod tests {
         for versions in CONFIG_VERSIONS {
             for rules in CONFIG_RULES {
                 let c = config_with(rules, versions).to_string();
-                let compiled = aviary::config::parse_and_compile(c.as_bytes()).unwrap();
+                let compiled = aviary_contract::config::parse_and_compile(c.as_bytes()).unwrap();
                 assert_eq!(
                     (compiled.rules.len(), compiled.versions.len()),
                     (rules, versions)

@@ -479,7 +479,7 @@ fn host(s: &mut String, r: &Report) {
     }
     let _ = writeln!(
         s,
-        "\n**Config parse and compile**, median µs: natively (`aviary::config::parse_and_compile`, \
+        "\n**Config parse and compile**, median µs: natively (`aviary_contract::config::parse_and_compile`, \
          the driver's validation) and in the test host (`proxy_on_configure`: parse, compile, and \
          defining every metric).\n\n| Rules | Versions | Config bytes | native µs | test host µs |\n|---|---|---|---|---|"
     );

@@ -415,11 +415,12 @@ mod tests {
     fn plugin_configs_compile() {
         for v in Variant::ALL {
             if let Some(c) = v.plugin_config() {
-                aviary::config::parse_and_compile(c.to_string().as_bytes()).unwrap();
+                aviary_contract::config::parse_and_compile(c.to_string().as_bytes()).unwrap();
             }
         }
         let c = sticky_config(1000);
-        let compiled = aviary::config::parse_and_compile(c.to_string().as_bytes()).unwrap();
+        let compiled =
+            aviary_contract::config::parse_and_compile(c.to_string().as_bytes()).unwrap();
         assert_eq!(compiled.rules.len(), 1000);
     }
 }

@@ -3,16 +3,14 @@
 //! Everything the simulators draw is a pure function of a seed and a key, so runs are
 //! reproducible across machines and two model servers with the same seed agree exactly.
 
+pub use aviary_contract::hash::mix64;
+use aviary_contract::hash::{fnv1a64, SplitMix64};
+
 /// Stable 64-bit hash of bytes (FNV-1a followed by a SplitMix64 finaliser for avalanche).
 ///
 /// Unlike `std::hash`, this never changes between Rust releases or processes.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix64(h)
+    mix64(fnv1a64(bytes))
 }
 
 /// Hash of a seed, a domain tag and a key; different domains give independent streams.
@@ -20,14 +18,6 @@ pub fn keyed_hash(seed: u64, domain: &str, key: &[u8]) -> u64 {
     let mut h = mix64(seed ^ stable_hash(domain.as_bytes()));
     h ^= stable_hash(key);
     mix64(h)
-}
-
-/// SplitMix64 finaliser.
-pub fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Maps a hash to a uniform float in `[0, 1)` using its top 53 bits.
@@ -38,20 +28,20 @@ pub fn unit_f64(h: u64) -> f64 {
 /// A seeded SplitMix64 generator.
 #[derive(Debug, Clone)]
 pub struct Rng {
-    state: u64,
+    inner: SplitMix64,
 }
 
 impl Rng {
     /// Creates a generator from a seed.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+        Self {
+            inner: SplitMix64::new(seed),
+        }
     }
 
     /// Next raw 64-bit value.
     pub fn next_u64(&mut self) -> u64 {
-        let z = self.state;
-        self.state = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix64(z)
+        self.inner.next_u64()
     }
 
     /// Uniform float in `[0, 1)`.

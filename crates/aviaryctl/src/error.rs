@@ -57,7 +57,7 @@ pub enum Error {
     Spec { errors: SpecErrors },
     /// The plugin configuration was rejected by the plugin's own validation.
     #[error("invalid plugin config: {0}")]
-    Config(#[from] aviary::config::ConfigError),
+    Config(#[from] aviary_contract::config::ConfigError),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aviary::config::{digest, parse_and_compile, PluginConfig};
+use aviary_contract::config::{digest, parse_and_compile, PluginConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

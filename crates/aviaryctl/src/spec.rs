@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use aviary::config::{PluginConfig, BUCKETS};
+use aviary_contract::config::{PluginConfig, BUCKETS};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, SpecError};

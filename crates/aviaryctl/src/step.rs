@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -191,7 +191,7 @@ fn render_config_moves_weight_and_pins_baseline_on_rollback() {
     assert_eq!(c.kill_switch.as_deref(), Some("stable"));
     assert!(c.shadow.is_none());
     let raw = c.to_json();
-    assert!(aviary::config::parse_and_compile(raw.as_bytes()).is_ok());
+    assert!(aviary_contract::config::parse_and_compile(raw.as_bytes()).is_ok());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use edges_support::openapi::CrdSchema;
 use edges_support::{poll, ChildGuard, TempDir};
 use serde_json::Value;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use aviary_sim::{run_load, LoadConfig};
 use aviaryctl::source::{ApplyProbe, EnvoyAdminSource};
 use edges_support::{plugin_config, poll, rollout_yaml, ChildGuard, Rig, TempDir};

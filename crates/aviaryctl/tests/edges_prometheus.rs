@@ -158,7 +158,8 @@ fn prometheus_source_matches_envoy() {
     // Prometheus also confirms which config each scraped proxy applied.
     let applied = src.applied("recsys").expect("applied");
     assert_eq!(applied.len(), 1, "{applied:?}");
-    let expected = aviary::config::digest(plugin_config(3000).to_json().as_bytes()) & DIGEST48_MASK;
+    let expected =
+        aviary_contract::config::digest(plugin_config(3000).to_json().as_bytes()) & DIGEST48_MASK;
     assert_eq!(applied[0].digest48, Some(expected));
     assert_eq!(applied[0].weights.get("canary"), Some(&3000));
     assert!(applied[0].endpoint.starts_with("127.0.0.1:"), "{applied:?}");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use aviaryctl::clock::{Clock, ManualClock};
 use aviaryctl::error::Error;
 use aviaryctl::observe::{Snapshot, VersionMetrics};

@@ -6,7 +6,7 @@ mod edges_support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use aviary::config::{digest, PluginConfig};
+use aviary_contract::config::{digest, PluginConfig};
 use aviaryctl::sink::{
     ConfigSink, EcdsFileSink, FailStrategy, IstioWasmPluginSink, JsonFileSink, ManifestOutput,
     Phase, DIGEST48_MASK,
@@ -123,7 +123,7 @@ fn json_sink_writes_exactly_the_digested_bytes() {
     let r = JsonFileSink::new(&path).write(&cfg).expect("write");
     let bytes = std::fs::read(&path).expect("read");
     assert_eq!(r.digest, Some(digest(&bytes)));
-    aviary::config::parse_and_compile(&bytes).expect("plugin accepts it");
+    aviary_contract::config::parse_and_compile(&bytes).expect("plugin accepts it");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod edges_support;
 
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use edges_support::openapi::CrdSchema;
 use serde_json::Value;
 
@@ -101,7 +101,7 @@ fn wasmplugin_config_is_accepted_by_the_plugin_parser() {
         let cfg = PluginConfig::from_value(&spec["pluginConfig"])
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let raw = serde_json::to_vec(&spec["pluginConfig"]).unwrap();
-        aviary::config::parse_and_compile(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
+        aviary_contract::config::parse_and_compile(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(cfg.versions.len() >= 2);
         n += 1;
     }
@@ -112,7 +112,7 @@ fn wasmplugin_config_is_accepted_by_the_plugin_parser() {
         .find(|(_, d)| d["kind"] == "VirtualService")
         .unwrap()
         .1;
-    let header = aviary::config::DEFAULT_ROUTING_HEADER;
+    let header = aviary_contract::config::DEFAULT_ROUTING_HEADER;
     assert!(vs["spec"]["http"][0]["match"][0]["headers"][header].is_object());
     // Every host the VirtualService serves is in the plugin's scope.
     let plugin = manifests()

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aviary::config::PluginConfig;
+use aviary_contract::config::PluginConfig;
 use aviary_sim::{EnvoyBuilder, EnvoyProcess, ModelServer, ModelServerConfig};
 use aviaryctl::sink::EcdsFileSink;
 

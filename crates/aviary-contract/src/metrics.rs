@@ -50,22 +50,9 @@ pub fn stat_name(base: &str, labels: &[(&str, &str)]) -> String {
 /// Formats a score bin's upper bound as its `bin` label; the implied last bin is `+Inf`.
 pub fn bin_label(bound: Option<f64>) -> String {
     match bound {
-        Some(b) => fmt_decimal(b),
+        Some(b) => crate::units::fmt_decimal(b),
         None => "+Inf".into(),
     }
-}
-
-/// Formats a number with up to six decimals and no trailing zeros (`0.25`, `3`, `-1.5`).
-/// Written out because core's float formatting would add ~15 KB to the `.wasm`.
-pub fn fmt_decimal(x: f64) -> String {
-    let micros = (x.abs() * 1e6).round() as u64;
-    let (int, frac) = (micros / 1_000_000, micros % 1_000_000);
-    let sign = if x < 0.0 && micros > 0 { "-" } else { "" };
-    if frac == 0 {
-        return format!("{sign}{int}");
-    }
-    let digits = format!("{frac:06}");
-    format!("{sign}{int}.{}", digits.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -73,13 +60,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decimals() {
-        assert_eq!(fmt_decimal(0.25), "0.25");
-        assert_eq!(fmt_decimal(3.0), "3");
-        assert_eq!(fmt_decimal(-1.5), "-1.5");
-        assert_eq!(fmt_decimal(0.1), "0.1");
-        assert_eq!(fmt_decimal(1e-7), "0");
-        assert_eq!(fmt_decimal(12.000001), "12.000001");
+    fn bin_labels() {
+        assert_eq!(bin_label(Some(0.25)), "0.25");
         assert_eq!(bin_label(None), "+Inf");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::config::*;
+use super::*;
 
 type R<T> = Result<T, ConfigError>;
 

@@ -2,6 +2,8 @@
 //! validated form the filter runs on (`Compiled`). The rollout driver writes configs with
 //! these same types, so there is one source of truth for the schema.
 
+mod read;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -11,9 +13,8 @@ use serde_json::Value;
 use crate::cidr::Cidr;
 use crate::hash::fnv1a64;
 use crate::matcher::{Matcher, Source};
+pub use crate::units::{percent_to_bps, BUCKETS};
 
-/// Buckets of the sticky hash space; weights are basis points of it.
-pub const BUCKETS: u32 = 10_000;
 pub const DEFAULT_ROUTING_HEADER: &str = "x-aviary-version";
 pub const DEFAULT_STAMP_HEADER: &str = "x-aviary-served-by";
 pub const DEFAULT_SHADOW_HEADER: &str = "x-aviary-shadow";
@@ -306,7 +307,7 @@ impl PluginConfig {
 
     /// Reads a config from a JSON value (e.g. Istio's `pluginConfig` converted from YAML).
     pub fn from_value(v: &Value) -> Result<PluginConfig, ConfigError> {
-        crate::config_parse::plugin_config(v)
+        read::plugin_config(v)
     }
 
     pub fn to_json(&self) -> String {
@@ -352,14 +353,6 @@ impl<'de> serde::Deserialize<'de> for PluginConfig {
         let v = Value::deserialize(d)?;
         PluginConfig::from_value(&v).map_err(serde::de::Error::custom)
     }
-}
-
-fn percent_to_bps(p: f64) -> Option<u32> {
-    if !p.is_finite() || !(0.0..=100.0).contains(&p) {
-        return None;
-    }
-    let bps = (p * 100.0).round();
-    ((p * 100.0 - bps).abs() < 1e-6).then_some(bps as u32)
 }
 
 /// Digest of a raw configuration: FNV-1a 64 of its bytes, as logged and exported by the plugin.
@@ -768,7 +761,7 @@ fn compile(cfg: &PluginConfig, digest: u64) -> Result<Compiled, ConfigError> {
         routing_header: cfg.routing_header.clone(),
         stamp_header: (!cfg.stamp_header.is_empty()).then(|| cfg.stamp_header.clone()),
         scope,
-        layout: crate::routing::layout(&versions),
+        layout: layout(&versions),
         versions,
         sticky: cfg.sticky.clone(),
         rules,
@@ -832,7 +825,7 @@ fn compile_metrics(m: Option<&MetricsConfig>) -> Result<CompiledMetrics, ConfigE
     }
     let latency_labels = latency_bounds_us
         .iter()
-        .map(|us| crate::metrics::fmt_decimal(*us as f64 / 1000.0))
+        .map(|us| crate::units::fmt_decimal(*us as f64 / 1000.0))
         .collect();
     let flush_interval_ms = m
         .and_then(|m| m.flush_interval_ms)
@@ -1031,4 +1024,18 @@ fn compile_condition(c: &ConditionConfig, field: &str) -> Result<Condition, Conf
             )),
         };
     Ok(Condition { source, matcher })
+}
+
+/// `(lo, hi)` bucket range of each version, in config order. The baseline (the first version)
+/// owns the bottom of the range; the others are stacked from the top in the order listed, so
+/// the buckets of any candidate are `[10000 - Σw, 10000)` and a ramp only ever adds buckets.
+pub fn layout(versions: &[CompiledVersion]) -> Vec<(u32, u32)> {
+    let mut out = vec![(0, 0); versions.len()];
+    let mut top = BUCKETS;
+    for (i, v) in versions.iter().enumerate().skip(1) {
+        out[i] = (top - v.weight_bps, top);
+        top -= v.weight_bps;
+    }
+    out[0] = (0, top);
+    out
 }

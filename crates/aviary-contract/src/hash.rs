@@ -31,7 +31,7 @@ pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
 
 /// The sticky bucket (0..10000) of a key.
 pub fn bucket(key: &[u8], seed: u32) -> u32 {
-    murmur3_32(key, seed) % crate::config::BUCKETS
+    murmur3_32(key, seed) % crate::units::BUCKETS
 }
 
 /// FNV-1a 64, used for config digests.
@@ -44,6 +44,16 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     h
 }
 
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One SplitMix64 step: advances `z` by the golden gamma and finalises it. A bijection on u64.
+pub fn mix64(z: u64) -> u64 {
+    let mut z = z.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A small, fast PRNG (SplitMix64) for requests without a key; seeded from WASI `random_get`.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -54,16 +64,14 @@ impl SplitMix64 {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        let z = self.0;
+        self.0 = z.wrapping_add(GOLDEN_GAMMA);
+        mix64(z)
     }
 
     /// Uniform in 0..10000 (Lemire's multiply-shift; the bias is below 2^-50).
     pub fn bucket(&mut self) -> u32 {
-        (((self.next_u64() >> 32) * u64::from(crate::config::BUCKETS)) >> 32) as u32
+        (((self.next_u64() >> 32) * u64::from(crate::units::BUCKETS)) >> 32) as u32
     }
 }
 
@@ -92,6 +100,14 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn splitmix_reference_sequence() {
+        // Vigna's splitmix64.c seeded with 0.
+        let mut r = SplitMix64::new(0);
+        assert_eq!(r.next_u64(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(r.next_u64(), 0x6e78_9e6a_a1b9_65f4);
     }
 
     #[test]

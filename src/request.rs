@@ -1,35 +1,8 @@
-//! Request attributes and the matchers of segment rules.
+//! A request's attributes as conditions read them.
+
+use aviary_contract::matcher::Source;
 
 use crate::headers::HeaderBlock;
-
-/// Where a condition reads its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Header(String),
-    Cookie(String),
-    Query(String),
-    Path,
-}
-
-#[derive(Debug, Clone)]
-pub enum Matcher {
-    Exact(String),
-    Prefix(String),
-    Present(bool),
-    OneOf(Vec<String>),
-}
-
-impl Matcher {
-    pub fn matches(&self, value: Option<&str>) -> bool {
-        match (self, value) {
-            (Matcher::Present(want), v) => v.is_some() == *want,
-            (_, None) => false,
-            (Matcher::Exact(e), Some(v)) => v == e,
-            (Matcher::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
-            (Matcher::OneOf(list), Some(v)) => list.iter().any(|e| e == v),
-        }
-    }
-}
 
 /// A read-only view of one request's attributes, fetched from the host once.
 #[derive(Debug, Default, Clone)]
@@ -111,16 +84,5 @@ mod tests {
         assert_eq!(v.cookie("b"), Some("q"));
         assert_eq!(v.cookie("sess"), None);
         assert_eq!(v.header("x-region"), Some("eu"));
-    }
-
-    #[test]
-    fn matchers() {
-        let r = Matcher::OneOf(vec!["eu-west-1".into(), "eu-north-1".into()]);
-        assert!(r.matches(Some("eu-west-1")));
-        assert!(!r.matches(Some("eu-west-10")));
-        assert!(!r.matches(None));
-        assert!(Matcher::Present(false).matches(None));
-        assert!(!Matcher::Present(true).matches(None));
-        assert!(Matcher::Prefix("/v2".into()).matches(Some("/v2/x")));
     }
 }
