@@ -224,6 +224,8 @@ impl Context for AviaryStream {}
 
 impl HttpContext for AviaryStream {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "crash-probe")]
+        crash_probe();
         self.0.on_request_headers(&WasmHost, end_of_stream);
         Action::Continue
     }
@@ -245,5 +247,15 @@ impl HttpContext for AviaryStream {
 
     fn on_log(&mut self) {
         self.0.on_log(&WasmHost);
+    }
+}
+
+/// Test-only: kills the VM on request, so tests can measure what a dead plugin does to traffic
+/// under each failure policy. The release `.wasm` is built without this feature.
+#[cfg(feature = "crash-probe")]
+#[allow(clippy::panic)]
+fn crash_probe() {
+    if let Ok(Some(_)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-aviary-crash-probe") {
+        panic!("crash probe");
     }
 }
