@@ -255,7 +255,9 @@ impl HttpContext for AviaryStream {
 #[cfg(feature = "crash-probe")]
 #[allow(clippy::panic)]
 fn crash_probe() {
-    if let Ok(Some(_)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-aviary-crash-probe") {
+    if let Ok(Some(_)) =
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-aviary-crash-probe")
+    {
         panic!("crash probe");
     }
 }

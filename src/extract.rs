@@ -1,8 +1,9 @@
 //! Pulls prediction fields out of JSON response bodies by JSON pointer.
 
+use aviary_contract::metrics::{ScoreSkipped, Uncompared};
 use serde_json::Value;
 
-/// Why a body could not yield the fields asked for. Names are metric label values.
+/// Why a body could not yield the fields asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unusable {
     NonJson,
@@ -11,22 +12,21 @@ pub enum Unusable {
 }
 
 impl Unusable {
-    pub const ALL: [Unusable; 3] = [
-        Unusable::NonJson,
-        Unusable::FieldMissing,
-        Unusable::BodyTooLarge,
-    ];
-
-    /// Position in `ALL`, used for metric ids.
-    pub fn index(self) -> usize {
-        self as usize
+    /// The `reason` a primary's score is counted as skipped.
+    pub fn skipped(self) -> ScoreSkipped {
+        match self {
+            Unusable::NonJson => ScoreSkipped::NonJson,
+            Unusable::FieldMissing => ScoreSkipped::FieldMissing,
+            Unusable::BodyTooLarge => ScoreSkipped::BodyTooLarge,
+        }
     }
 
-    pub fn label(self) -> &'static str {
+    /// The `reason` a mirrored request is counted as uncompared.
+    pub fn uncompared(self) -> Uncompared {
         match self {
-            Unusable::NonJson => "non_json",
-            Unusable::FieldMissing => "field_missing",
-            Unusable::BodyTooLarge => "body_too_large",
+            Unusable::NonJson => Uncompared::NonJson,
+            Unusable::FieldMissing => Uncompared::FieldMissing,
+            Unusable::BodyTooLarge => Uncompared::BodyTooLarge,
         }
     }
 }

@@ -8,16 +8,16 @@ use std::rc::Rc;
 use crate::extract::{self, BodyBuffer, Fields, Unusable};
 use crate::host::{Body, Host, LogLevel, MetricKind};
 use crate::request::RequestView;
-use crate::routing::{conditions_hold, decide, in_share, sticky_key, Reason};
-use crate::shadow::{
-    copy_header, unusable_index, Job, Outcome, Shadows, DIRECTIONS, RESULTS, SHADOW_CLASSES,
-    UNCOMPARED, U_CAPACITY, U_PRIMARY_ERROR,
-};
+use crate::routing::{conditions_hold, decide, in_share, sticky_key};
+use crate::shadow::{copy_header, Job, Outcome, Shadows};
 use crate::tally::{HistoNames, Tally};
 use aviary_contract::cidr::parse_socket_ip;
 use aviary_contract::config::{Compiled, ConfigError, BUCKETS};
 use aviary_contract::hash::SplitMix64;
-use aviary_contract::metrics::{self, stat_name, CLASSES, CLASS_LOCAL, CLASS_RESET};
+use aviary_contract::metrics::{
+    self, stat_name, Comparison, DecisionReason, LatencyDirection, ResponseClass, ScoreSkipped,
+    ShadowClass, Uncompared,
+};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -26,20 +26,20 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// host metric ids.
 #[derive(Debug, Clone, Default)]
 pub struct MetricIds {
-    pub requests: Vec<[u32; Reason::ALL.len()]>,
-    pub responses: Vec<[u32; CLASSES.len()]>,
+    pub requests: Vec<[u32; DecisionReason::ALL.len()]>,
+    pub responses: Vec<[u32; ResponseClass::ALL.len()]>,
     pub duration: Vec<u32>,
     pub override_rejected: u32,
     /// Per version, one counter per score bin (the last is +Inf).
     pub score_bins: Vec<Vec<u32>>,
-    pub score_skipped: Vec<[u32; 3]>,
+    pub score_skipped: Vec<[u32; ScoreSkipped::ALL.len()]>,
     /// Per shadow target.
     pub shadow_sent: Vec<u32>,
-    pub shadow_responses: Vec<[u32; SHADOW_CLASSES.len()]>,
-    pub shadow_comparisons: Vec<[u32; RESULTS.len()]>,
-    pub shadow_uncompared: Vec<[u32; UNCOMPARED.len()]>,
+    pub shadow_responses: Vec<[u32; ShadowClass::ALL.len()]>,
+    pub shadow_comparisons: Vec<[u32; Comparison::ALL.len()]>,
+    pub shadow_uncompared: Vec<[u32; Uncompared::ALL.len()]>,
     pub shadow_score_delta: Vec<u32>,
-    pub shadow_latency_delta: Vec<[u32; DIRECTIONS.len()]>,
+    pub shadow_latency_delta: Vec<[u32; LatencyDirection::ALL.len()]>,
 }
 
 /// A configuration in force: compiled config plus its metric ids. Streams hold an `Rc` to the
@@ -255,21 +255,20 @@ fn define_metrics(
         })
         .unwrap_or_default();
     let bins: Vec<&str> = bins.iter().map(String::as_str).collect();
-    let skip_reasons = Unusable::ALL.map(Unusable::label);
     for v in &cfg.versions {
         let labels = [("service", svc), ("version", v.name.as_str())];
         let ids_for = |kind, base, key, values: &[&str]| per(kind, base, &labels, key, values);
         ids.requests.push(fixed(ids_for(
             Counter,
             metrics::REQUESTS,
-            "reason",
-            &Reason::ALL,
+            DecisionReason::KEY,
+            &DecisionReason::ALL.map(DecisionReason::as_str),
         )?));
         ids.responses.push(fixed(ids_for(
             Counter,
             metrics::RESPONSES,
-            "class",
-            &CLASSES,
+            ResponseClass::KEY,
+            &ResponseClass::ALL.map(ResponseClass::as_str),
         )?));
         let names = HistoNames {
             base: metrics::DURATION,
@@ -288,10 +287,10 @@ fn define_metrics(
             Some(_) => fixed(ids_for(
                 Counter,
                 metrics::SCORE_SKIPPED,
-                "reason",
-                &skip_reasons,
+                ScoreSkipped::KEY,
+                &ScoreSkipped::ALL.map(ScoreSkipped::as_str),
             )?),
-            None => [0; 3],
+            None => [0; ScoreSkipped::ALL.len()],
         });
         let weight = define(Gauge, metrics::WEIGHT, &labels)?;
         let effective = match cfg.kill_switch {
@@ -310,28 +309,28 @@ fn define_metrics(
             ids.shadow_responses.push(fixed(ids_for(
                 Counter,
                 metrics::SHADOW_RESPONSES,
-                "class",
-                &SHADOW_CLASSES,
+                ShadowClass::KEY,
+                &ShadowClass::ALL.map(ShadowClass::as_str),
             )?));
             ids.shadow_comparisons.push(fixed(ids_for(
                 Counter,
                 metrics::SHADOW_COMPARISONS,
-                "result",
-                &RESULTS,
+                Comparison::KEY,
+                &Comparison::ALL.map(Comparison::as_str),
             )?));
             ids.shadow_uncompared.push(fixed(ids_for(
                 Counter,
                 metrics::SHADOW_UNCOMPARED,
-                "reason",
-                &UNCOMPARED,
+                Uncompared::KEY,
+                &Uncompared::ALL.map(Uncompared::as_str),
             )?));
             ids.shadow_score_delta
                 .push(define(Histogram, metrics::SHADOW_SCORE_DELTA, &labels)?);
             ids.shadow_latency_delta.push(fixed(ids_for(
                 Histogram,
                 metrics::SHADOW_LATENCY_DELTA,
-                "direction",
-                &DIRECTIONS,
+                LatencyDirection::KEY,
+                &LatencyDirection::ALL.map(LatencyDirection::as_str),
             )?));
         }
     }
@@ -407,7 +406,7 @@ impl Stream {
         }
         {
             let mut tally = self.tally.borrow_mut();
-            tally.add(active.ids.requests[d.version][d.reason.index()], 1);
+            tally.add(active.ids.requests[d.version][d.reason.label().index()], 1);
             if d.override_rejected {
                 tally.add(active.ids.override_rejected, 1);
             }
@@ -463,10 +462,10 @@ impl Stream {
             for t in 0..s.targets.len() {
                 match shadows.reserve(active, t, self.start_ns) {
                     Some(id) => self.jobs.push((id, t)),
-                    None => self
-                        .tally
-                        .borrow_mut()
-                        .add(active.ids.shadow_uncompared[t][U_CAPACITY], 1),
+                    None => self.tally.borrow_mut().add(
+                        active.ids.shadow_uncompared[t][Uncompared::Capacity.index()],
+                        1,
+                    ),
                 }
             }
         }
@@ -521,7 +520,7 @@ impl Stream {
             for (id, t) in self.jobs.drain(..) {
                 shadows.cancel(id);
                 self.tally.borrow_mut().add(
-                    active.ids.shadow_uncompared[t][crate::shadow::U_BODY_TOO_LARGE],
+                    active.ids.shadow_uncompared[t][Uncompared::BodyTooLarge.index()],
                     1,
                 );
             }
@@ -635,29 +634,29 @@ impl Stream {
                 Err(u) => self
                     .tally
                     .borrow_mut()
-                    .add(active.ids.score_skipped[v][u.index()], 1),
+                    .add(active.ids.score_skipped[v][u.skipped().index()], 1),
             }
         }
         if self.jobs.is_empty() {
             return;
         }
         let latency_ms = host.now_nanos().saturating_sub(self.start_ns) / 1_000_000;
-        let fields: Result<Fields, usize> =
+        let fields: Result<Fields, Uncompared> =
             match cfg.shadow.as_ref().and_then(|s| s.compare.as_ref()) {
                 None => Ok(Fields::default()),
-                Some(_) if !ok => Err(U_PRIMARY_ERROR),
+                Some(_) if !ok => Err(Uncompared::PrimaryError),
                 Some(c) => match (&body, parsed) {
                     (Some(b), _) if b.overflowed || b.data.len() > c.max_body_bytes as usize => {
-                        Err(crate::shadow::U_BODY_TOO_LARGE)
+                        Err(Uncompared::BodyTooLarge)
                     }
                     (_, Some(Ok(val))) => extract::from_value(
                         &val,
                         c.label_pointer.as_deref(),
                         c.score_pointer.as_deref(),
                     )
-                    .map_err(unusable_index),
-                    (_, Some(Err(u))) => Err(unusable_index(u)),
-                    (_, None) => Err(U_PRIMARY_ERROR),
+                    .map_err(Unusable::uncompared),
+                    (_, Some(Err(u))) => Err(u.uncompared()),
+                    (_, None) => Err(Uncompared::PrimaryError),
                 },
             };
         self.report_primary(host, Outcome { latency_ms, fields });
@@ -679,23 +678,26 @@ impl Stream {
             return;
         };
         let class = match self.status {
-            None => CLASS_RESET,
+            None => ResponseClass::Reset,
             // Only error statuses can be local replies; skip the property read for the rest.
-            Some(s) if s >= 400 && is_local_reply(host) => CLASS_LOCAL,
-            Some(s) => metrics::class_of_status(s),
+            Some(s) if s >= 400 && is_local_reply(host) => ResponseClass::Local,
+            Some(s) => ResponseClass::of_status(s),
         };
         let elapsed_ns = host.now_nanos().saturating_sub(self.start_ns);
         let elapsed_ms = elapsed_ns / 1_000_000;
         {
             let mut tally = self.tally.borrow_mut();
-            tally.add(active.ids.responses[v][class], 1);
+            tally.add(active.ids.responses[v][class.index()], 1);
             tally.observe_us(active.ids.duration[v], elapsed_ns / 1000);
             // The request never completed, so its copy was never queued.
             if self.mirror.take().is_some() {
                 let mut shadows = self.shadows.borrow_mut();
                 for (id, t) in self.jobs.drain(..) {
                     shadows.cancel(id);
-                    tally.add(active.ids.shadow_uncompared[t][U_PRIMARY_ERROR], 1);
+                    tally.add(
+                        active.ids.shadow_uncompared[t][Uncompared::PrimaryError.index()],
+                        1,
+                    );
                 }
             }
         }
@@ -704,7 +706,7 @@ impl Stream {
                 host,
                 Outcome {
                     latency_ms: elapsed_ms,
-                    fields: Err(U_PRIMARY_ERROR),
+                    fields: Err(Uncompared::PrimaryError),
                 },
             );
         }

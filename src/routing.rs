@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use crate::request::RequestView;
 use aviary_contract::config::{Compiled, Condition, BUCKETS};
 use aviary_contract::hash::{bucket, SplitMix64};
+use aviary_contract::metrics::DecisionReason;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -25,16 +26,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [&'static str; 5] = ["kill_switch", "override", "rule", "sticky", "random"];
-
-    /// Index into `ALL`, used for metric ids.
-    pub fn index(self) -> usize {
+    /// The `reason` label this decision is counted under.
+    pub fn label(self) -> DecisionReason {
         match self {
-            Reason::KillSwitch => 0,
-            Reason::Override => 1,
-            Reason::Rule(_) => 2,
-            Reason::Sticky => 3,
-            Reason::Random => 4,
+            Reason::KillSwitch => DecisionReason::KillSwitch,
+            Reason::Override => DecisionReason::Override,
+            Reason::Rule(_) => DecisionReason::Rule,
+            Reason::Sticky => DecisionReason::Sticky,
+            Reason::Random => DecisionReason::Random,
         }
     }
 }

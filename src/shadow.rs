@@ -17,52 +17,13 @@ use crate::extract::{Fields, Unusable};
 use crate::filter::Active;
 use crate::host::Host;
 use crate::tally::Tally;
-
-/// Why a mirrored request produced no comparison. Names are metric label values.
-pub const UNCOMPARED: [&str; 9] = [
-    "non_json",
-    "field_missing",
-    "body_too_large",
-    "shadow_error",
-    "timeout",
-    "capacity",
-    "primary_error",
-    "dispatch_failed",
-    "expired",
-];
-pub const U_NON_JSON: usize = 0;
-pub const U_FIELD_MISSING: usize = 1;
-pub const U_BODY_TOO_LARGE: usize = 2;
-pub const U_SHADOW_ERROR: usize = 3;
-pub const U_TIMEOUT: usize = 4;
-pub const U_CAPACITY: usize = 5;
-pub const U_PRIMARY_ERROR: usize = 6;
-pub const U_DISPATCH_FAILED: usize = 7;
-pub const U_EXPIRED: usize = 8;
-
-/// Comparison results. `scored` is a comparison with a score pointer but no label pointer.
-pub const RESULTS: [&str; 3] = ["agree", "disagree", "scored"];
-
-/// Shadow response classes.
-pub const SHADOW_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "reset", "timeout"];
-const SC_RESET: usize = 5;
-const SC_TIMEOUT: usize = 6;
-
-pub const DIRECTIONS: [&str; 2] = ["slower", "faster"];
+use aviary_contract::metrics::{Comparison, LatencyDirection, ShadowClass, Uncompared};
 
 /// One side's result for a mirrored request.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub latency_ms: u64,
-    pub fields: Result<Fields, usize>,
-}
-
-pub fn unusable_index(u: Unusable) -> usize {
-    match u {
-        Unusable::NonJson => U_NON_JSON,
-        Unusable::FieldMissing => U_FIELD_MISSING,
-        Unusable::BodyTooLarge => U_BODY_TOO_LARGE,
-    }
+    pub fields: Result<Fields, Uncompared>,
 }
 
 pub struct Job {
@@ -166,9 +127,10 @@ impl Shadows {
                     self.tokens.insert(token, job.id);
                 }
                 Err(_) => {
-                    self.tally
-                        .borrow_mut()
-                        .add(ids.shadow_uncompared[job.target][U_DISPATCH_FAILED], 1);
+                    self.tally.borrow_mut().add(
+                        ids.shadow_uncompared[job.target][Uncompared::DispatchFailed.index()],
+                        1,
+                    );
                     self.pending.remove(&job.id);
                 }
             }
@@ -190,9 +152,10 @@ impl Shadows {
             .collect();
         for id in expired {
             if let Some(p) = self.pending.remove(&id) {
-                self.tally
-                    .borrow_mut()
-                    .add(p.active.ids.shadow_uncompared[p.target][U_EXPIRED], 1);
+                self.tally.borrow_mut().add(
+                    p.active.ids.shadow_uncompared[p.target][Uncompared::Expired.index()],
+                    1,
+                );
             }
         }
         self.tokens.retain(|_, id| self.pending.contains_key(id));
@@ -235,19 +198,19 @@ impl Shadows {
         let timed_out =
             latency_ms + 1 >= u64::from(s.timeout_ms) && matches!(status, None | Some(504));
         let class = match status {
-            _ if timed_out => SC_TIMEOUT,
-            None => SC_RESET,
-            Some(st) => aviary_contract::metrics::class_of_status(st),
+            _ if timed_out => ShadowClass::Timeout,
+            None => ShadowClass::Reset,
+            Some(st) => ShadowClass::of_status(st),
         };
         let ids = &p.active.ids;
         self.tally
             .borrow_mut()
-            .add(ids.shadow_responses[p.target][class], 1);
+            .add(ids.shadow_responses[p.target][class.index()], 1);
         let fields = match status {
-            _ if timed_out => Err(U_TIMEOUT),
+            _ if timed_out => Err(Uncompared::Timeout),
             Some(200..=299) => match &s.compare {
                 None => Ok(Fields::default()),
-                Some(c) if body_size > c.max_body_bytes as usize => Err(U_BODY_TOO_LARGE),
+                Some(c) if body_size > c.max_body_bytes as usize => Err(Uncompared::BodyTooLarge),
                 Some(c) => {
                     let body = host
                         .body(crate::host::Body::CallResponse, 0, body_size)
@@ -257,10 +220,10 @@ impl Shadows {
                         c.label_pointer.as_deref(),
                         c.score_pointer.as_deref(),
                     )
-                    .map_err(unusable_index)
+                    .map_err(Unusable::uncompared)
                 }
             },
-            _ => Err(U_SHADOW_ERROR),
+            _ => Err(Uncompared::ShadowError),
         };
         p.shadow = Some(Outcome { latency_ms, fields });
         self.try_finish(host, id);
@@ -284,11 +247,17 @@ impl Shadows {
         let ids = &p.active.ids;
         let t = p.target;
         let (delta, dir) = if shadow.latency_ms >= primary.latency_ms {
-            (shadow.latency_ms - primary.latency_ms, 0)
+            (
+                shadow.latency_ms - primary.latency_ms,
+                LatencyDirection::Slower,
+            )
         } else {
-            (primary.latency_ms - shadow.latency_ms, 1)
+            (
+                primary.latency_ms - shadow.latency_ms,
+                LatencyDirection::Faster,
+            )
         };
-        host.record(ids.shadow_latency_delta[t][dir], delta);
+        host.record(ids.shadow_latency_delta[t][dir.index()], delta);
         let compare = p
             .active
             .cfg
@@ -302,11 +271,11 @@ impl Shadows {
             (_, Err(reason)) => self
                 .tally
                 .borrow_mut()
-                .add(ids.shadow_uncompared[t][reason], 1),
+                .add(ids.shadow_uncompared[t][reason.index()], 1),
             (Err(reason), _) => self
                 .tally
                 .borrow_mut()
-                .add(ids.shadow_uncompared[t][reason], 1),
+                .add(ids.shadow_uncompared[t][reason.index()], 1),
             (Ok(a), Ok(b)) => {
                 if let (Some(x), Some(y)) = (a.score, b.score) {
                     host.record(
@@ -315,13 +284,13 @@ impl Shadows {
                     );
                 }
                 let result = match (a.label, b.label) {
-                    (Some(x), Some(y)) if x == y => 0,
-                    (Some(_), Some(_)) => 1,
-                    _ => 2,
+                    (Some(x), Some(y)) if x == y => Comparison::Agree,
+                    (Some(_), Some(_)) => Comparison::Disagree,
+                    _ => Comparison::Scored,
                 };
                 self.tally
                     .borrow_mut()
-                    .add(ids.shadow_comparisons[t][result], 1);
+                    .add(ids.shadow_comparisons[t][result.index()], 1);
             }
         }
     }
