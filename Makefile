@@ -11,7 +11,7 @@ ENVOY := $(VENV)/bin/envoy
 WASM_OPT := .tools/node_modules/.bin/wasm-opt
 export AVIARY_ROOT := $(CURDIR)
 
-.PHONY: all build test lint envoy demo bench bench-pairs bench-quick wasm-target tools system-deps clean
+.PHONY: all build crash-probe test lint envoy demo bench bench-pairs bench-quick wasm-target tools system-deps clean
 
 all: build
 
@@ -50,8 +50,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing:$$missing; run: sudo apt-get install$$missing"; exit 1; fi; fi
 
+# Test-only build whose VM panics on a request header, for the fail-safe tests; its own target
+# dir so it never replaces the release .wasm.
+crash-probe: wasm-target
+	CARGO_TARGET_DIR=target/crash-probe $(CARGO) build --release --target $(WASM_TARGET) -p aviary --features crash-probe
+
 ## test: every test, against the real .wasm and the real Envoy
-test: build envoy system-deps
+test: build envoy system-deps crash-probe
 	$(CARGO) build --release --target $(WASM_TARGET) -p aviary-noop
 	$(CARGO) test --workspace --no-fail-fast
 
