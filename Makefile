@@ -103,3 +103,35 @@ bench-pairs: build envoy system-deps
 bench-quick: build envoy system-deps
 	$(build_noop)
 	$(BENCH_CARGO) run --release -p aviary-bench -- --quick --out target/BENCHMARKS-quick.md
+
+# Coverage-guided fuzzing of the parsers (fuzz/README.md): cargo-fuzz + libFuzzer with
+# AddressSanitizer. Only the stable toolchain is here, so RUSTC_BOOTSTRAP=1 lets it pass the
+# nightly -Z flags. The fuzz crate is its own workspace with its own target dir (fuzz/target);
+# each run reads the committed seeds (fuzz/corpus/T) and grows fuzz/target/corpus/T.
+FUZZ_TARGETS := config headers extract request
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_CARGO := env -u CARGO_TARGET_DIR RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+
+.PHONY: fuzz fuzz-smoke fuzz-tools
+
+fuzz-tools:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+
+# $(1): seconds per target. One target at a time, each bounded by -max_total_time.
+define run_fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/corpus/$$t && \
+	  echo "== fuzz $$t: $(1) s" && \
+	  $(FUZZ_CARGO) run --fuzz-dir fuzz --target-dir fuzz/target $$t fuzz/target/corpus/$$t fuzz/corpus/$$t \
+	    -- -max_total_time=$(1) -print_final_stats=1 || exit 1; \
+	done
+endef
+
+## fuzz: every fuzz target for FUZZ_SECONDS (default 600) each, one after another
+fuzz: fuzz-tools
+	$(call run_fuzz,$(FUZZ_SECONDS))
+
+## fuzz-smoke: every fuzz target for FUZZ_SMOKE_SECONDS (default 20) each; part of `make test`
+fuzz-smoke: fuzz-tools
+	$(call run_fuzz,$(FUZZ_SMOKE_SECONDS))
