@@ -17,10 +17,10 @@ use aviary_sim::{
 };
 use aviaryctl::clock::SystemClock;
 use aviaryctl::runner::{Components, LogMode, Runner, RunnerEvent, RunnerOptions};
-use aviaryctl::sink::{ConfigSink, EcdsFileSink};
-use aviaryctl::spec::RolloutSpec;
-use aviaryctl::state::StateStore;
-use aviaryctl::step::Outcome;
+use aviaryctl::edges::sink::{ConfigSink, EcdsFileSink};
+use aviaryctl::core::spec::RolloutSpec;
+use aviaryctl::edges::store::StateStore;
+use aviaryctl::core::step::Outcome;
 use serde_json::json;
 
 use crate::variants::{aviary_routes, ecds_filter, proxy_builder, router, Upstreams};

@@ -18,12 +18,12 @@ use aviary_sim::{
 use serde::Serialize;
 
 use crate::clock::SystemClock;
+use crate::core::spec::RolloutSpec;
+use crate::core::step::Outcome;
+use crate::edges::sink::sinks_for;
+use crate::edges::store::StateStore;
 use crate::error::Error;
 use crate::runner::{Components, LogMode, Runner, RunnerOptions};
-use crate::sink::sinks_for;
-use crate::spec::RolloutSpec;
-use crate::state::StateStore;
-use crate::step::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {

@@ -8,16 +8,19 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use aviaryctl::clock::{system_now_ms, SystemClock};
+use aviaryctl::core::spec::istio::{FailStrategy, Phase};
+use aviaryctl::core::spec::{percent_to_bps, RolloutSpec};
+use aviaryctl::core::step::{pct, Command, Outcome, RolloutState};
+use aviaryctl::edges::sink::{
+    sinks_for, validated_json, ConfigSink, IstioWasmPluginSink, ManifestOutput,
+};
+use aviaryctl::edges::source::source_for;
+use aviaryctl::edges::store::{
+    CommandAck, QueuedCommand, StateStore, DEFAULT_STATE_DIR, STATE_FILE,
+};
 use aviaryctl::error::Error;
 use aviaryctl::report;
 use aviaryctl::runner::{desired_config, Components, LogMode, Runner, RunnerEvent, RunnerOptions};
-use aviaryctl::sink::{
-    sinks_for, validated_json, ConfigSink, FailStrategy, IstioWasmPluginSink, ManifestOutput, Phase,
-};
-use aviaryctl::source::source_for;
-use aviaryctl::spec::{percent_to_bps, RolloutSpec};
-use aviaryctl::state::{CommandAck, QueuedCommand, StateStore, DEFAULT_STATE_DIR, STATE_FILE};
-use aviaryctl::step::{pct, Command, Outcome, RolloutState};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Metric-gated canary rollouts for ML models behind Envoy with the Aviary filter.

@@ -2,8 +2,8 @@
 
 mod core_common;
 
+use aviaryctl::core::step::{Outcome, RolloutState};
 use aviaryctl::report::{render_json, render_markdown, render_svg, status, write_reports};
-use aviaryctl::step::{Outcome, RolloutState};
 use core_common::{run, spec, Behaviour, World};
 
 fn rolled_back() -> RolloutState {

@@ -3,9 +3,9 @@
 
 mod core_common;
 
-use aviaryctl::gates::ErrorTests;
-use aviaryctl::spec::ErrorRateGate;
-use aviaryctl::step::{DecisionKind, Outcome};
+use aviaryctl::core::gates::ErrorTests;
+use aviaryctl::core::spec::ErrorRateGate;
+use aviaryctl::core::step::{DecisionKind, Outcome};
 use core_common::{run, spec, spec_with, Behaviour, Rng, World};
 
 /// Runs `f(seed)` for `runs` seeds on two threads (the CI box has two cores).
@@ -206,7 +206,7 @@ fn sequential_error_test_is_valid_under_continuous_monitoring() {
 }
 
 fn regression_runs(
-    spec: &aviaryctl::spec::RolloutSpec,
+    spec: &aviaryctl::core::spec::RolloutSpec,
     canary: Behaviour,
     runs: u64,
 ) -> (usize, usize, Vec<String>) {
@@ -218,7 +218,7 @@ fn regression_runs(
             .decisions
             .iter()
             .flat_map(|d| d.gates.iter())
-            .filter(|g| g.verdict == aviaryctl::gates::Verdict::Fail)
+            .filter(|g| g.verdict == aviaryctl::core::gates::Verdict::Fail)
             .map(|g| g.gate.clone())
             .collect();
         (r.outcome, failed)

@@ -2,8 +2,8 @@
 
 mod core_common;
 
+use aviaryctl::core::spec::{Event, HumanDuration, RolloutSpec};
 use aviaryctl::error::Error;
-use aviaryctl::spec::{Event, HumanDuration, RolloutSpec};
 use core_common::{spec, SPEC};
 
 fn errors(yaml: &str) -> Vec<String> {

@@ -2,10 +2,10 @@
 
 mod core_common;
 
-use aviaryctl::gates::Verdict;
-use aviaryctl::observe::Snapshot;
-use aviaryctl::spec::{Event, RolloutSpec};
-use aviaryctl::step::{
+use aviaryctl::core::gates::Verdict;
+use aviaryctl::core::observe::Snapshot;
+use aviaryctl::core::spec::{Event, RolloutSpec};
+use aviaryctl::core::step::{
     step, Action, Command, DecisionKind, Input, Observation, Outcome, Phase, RolloutState,
 };
 use core_common::{done, parse, spec, spec_with, Behaviour, World, SPEC};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aviary_contract::config::PluginConfig;
 use aviary_sim::{run_load, LoadConfig};
-use aviaryctl::source::{ApplyProbe, EnvoyAdminSource};
+use aviaryctl::edges::source::{ApplyProbe, EnvoyAdminSource};
 use edges_support::{plugin_config, poll, rollout_yaml, ChildGuard, Rig, TempDir};
 use serde_json::Value;
 

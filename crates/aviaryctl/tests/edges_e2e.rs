@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use aviary_sim::{run_load, LoadConfig};
 use aviaryctl::clock::SystemClock;
+use aviaryctl::core::spec::RolloutSpec;
+use aviaryctl::core::step::{Outcome, Phase, RolloutState};
+use aviaryctl::edges::source::{ApplyProbe, EnvoyAdminSource};
+use aviaryctl::edges::store::StateStore;
 use aviaryctl::runner::{Components, LogMode, Runner, RunnerEvent, RunnerOptions};
-use aviaryctl::source::{ApplyProbe, EnvoyAdminSource};
-use aviaryctl::spec::RolloutSpec;
-use aviaryctl::state::StateStore;
-use aviaryctl::step::{Outcome, Phase, RolloutState};
 use edges_support::{plugin_config, poll, rollout_yaml, user_on, ChildGuard, Probe, Rig, TempDir};
 
 static SERIAL: Mutex<()> = Mutex::new(());

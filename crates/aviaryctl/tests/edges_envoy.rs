@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use aviary_sim::{run_load, LoadConfig};
 use aviary_sim::{HttpConnection, HttpRequest};
-use aviaryctl::sink::ConfigSink;
-use aviaryctl::source::{ApplyProbe, EnvoyAdminSource, MetricsSource};
+use aviaryctl::edges::sink::ConfigSink;
+use aviaryctl::edges::source::{ApplyProbe, EnvoyAdminSource, MetricsSource};
 use edges_support::{plugin_config, poll, user_on, Rig};
 
 fn load(url: &str, requests: u64, seed: u64) -> aviary_sim::LoadSummary {

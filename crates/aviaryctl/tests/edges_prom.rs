@@ -1,6 +1,6 @@
 //! The Prometheus text parser and the snapshot builder, on hand-written and Envoy-shaped input.
 
-use aviaryctl::source::{parse_prometheus_text, parse_value, snapshot_from_samples, Sample};
+use aviaryctl::edges::source::{parse_prometheus_text, parse_value, snapshot_from_samples, Sample};
 
 fn one(text: &str) -> Sample {
     let mut v = parse_prometheus_text(text).expect("parses");

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aviary_sim::{free_port, run_load, LoadConfig};
-use aviaryctl::sink::DIGEST48_MASK;
-use aviaryctl::source::{ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource};
+use aviaryctl::edges::sink::DIGEST48_MASK;
+use aviaryctl::edges::source::{ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource};
 use edges_support::{plugin_config, poll, Rig, TempDir};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use aviary_contract::config::PluginConfig;
 use aviaryctl::clock::{Clock, ManualClock};
+use aviaryctl::core::observe::{Snapshot, VersionMetrics};
+use aviaryctl::core::spec::{Event, RolloutSpec};
+use aviaryctl::core::step::{Command, Notification, Outcome, Phase, RolloutState};
+use aviaryctl::edges::sink::{ConfigSink, JsonFileSink};
+use aviaryctl::edges::source::MetricsSource;
+use aviaryctl::edges::store::StateStore;
+use aviaryctl::edges::webhook::{Approval, Approver, Notifier};
 use aviaryctl::error::Error;
-use aviaryctl::observe::{Snapshot, VersionMetrics};
 use aviaryctl::runner::{Components, LogMode, Runner, RunnerEvent, RunnerOptions};
-use aviaryctl::sink::{ConfigSink, JsonFileSink};
-use aviaryctl::source::MetricsSource;
-use aviaryctl::spec::{Event, RolloutSpec};
-use aviaryctl::state::StateStore;
-use aviaryctl::step::{Command, Notification, Outcome, Phase, RolloutState};
-use aviaryctl::webhook::{Approval, Approver, Notifier};
 use edges_support::TempDir;
 
 const RPS: u64 = 2000;

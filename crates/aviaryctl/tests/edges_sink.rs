@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use aviary_contract::config::{digest, PluginConfig};
-use aviaryctl::sink::{
-    ConfigSink, EcdsFileSink, FailStrategy, IstioWasmPluginSink, JsonFileSink, ManifestOutput,
-    Phase, DIGEST48_MASK,
+use aviaryctl::core::spec::istio::{FailStrategy, Phase};
+use aviaryctl::edges::sink::{
+    ConfigSink, EcdsFileSink, IstioWasmPluginSink, JsonFileSink, ManifestOutput, DIGEST48_MASK,
 };
 use edges_support::openapi::CrdSchema;
 use edges_support::{plugin_config, TempDir};

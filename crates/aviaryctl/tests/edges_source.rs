@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aviaryctl::source::{EnvoyAdminSource, MetricsSource, PrometheusSource};
+use aviaryctl::edges::source::{EnvoyAdminSource, MetricsSource, PrometheusSource};
 
 struct Server {
     base: String,

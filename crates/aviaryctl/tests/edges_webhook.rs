@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use aviaryctl::spec::{Event as Kind, HumanDuration, WebhookSpec};
-use aviaryctl::step::Notification;
-use aviaryctl::webhook::{
+use aviaryctl::core::spec::{Event as Kind, HumanDuration, WebhookSpec};
+use aviaryctl::core::step::Notification;
+use aviaryctl::edges::webhook::{
     parse_approval, Approval, Approver, BackgroundNotifier, Notifier, RetryPolicy, WebhookNotifier,
 };
 use serde_json::json;

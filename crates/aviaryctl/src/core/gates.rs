@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::observe::{Snapshot, VersionMetrics};
-use crate::spec::{
+use crate::core::observe::{Snapshot, VersionMetrics};
+use crate::core::spec::{
     AlphaBudget, CustomGate, DriftGate, DriftMetric, ErrorRateGate, PercentileGate, RolloutSpec,
 };
-use crate::stats::{self, MixtureSprt};
+use crate::core::stats::{self, MixtureSprt};
 
 /// Response classes counted as errors.
 pub const ERROR_CLASSES: [&str; 3] = ["5xx", "local", "reset"];

@@ -15,9 +15,9 @@ use aviary_contract::config::PluginConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::gates::{self, Context, ErrorTests, GateResult, MetricPoint, Verdict, Window};
-use crate::observe::Snapshot;
-use crate::spec::{Event, OnMaxHold, RolloutSpec};
+use crate::core::gates::{self, Context, ErrorTests, GateResult, MetricPoint, Verdict, Window};
+use crate::core::observe::Snapshot;
+use crate::core::spec::{Event, OnMaxHold, RolloutSpec};
 
 /// Something that happened: the step's only way to learn about the world.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -872,7 +872,7 @@ impl Driver<'_> {
                 if held >= max {
                     let reason = format!(
                         "inconclusive for {} (maxHold {}): {}",
-                        crate::spec::HumanDuration(held),
+                        crate::core::spec::HumanDuration(held),
                         self.spec.spec.analysis.max_hold,
                         summary(Verdict::Inconclusive)
                     );
@@ -910,8 +910,8 @@ impl Driver<'_> {
                     if in_stage < min {
                         let why = format!(
                             "shadow gates pass; the phase lasts {} ({} so far)",
-                            crate::spec::HumanDuration(min),
-                            crate::spec::HumanDuration(in_stage)
+                            crate::core::spec::HumanDuration(min),
+                            crate::core::spec::HumanDuration(in_stage)
                         );
                         self.record_full(DecisionKind::Hold, why, results, metrics, window_ms);
                         return;
@@ -1119,7 +1119,7 @@ impl Driver<'_> {
 mod json_safe {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::observe::Snapshot;
+    use crate::core::observe::Snapshot;
 
     fn map_bounds(snap: &mut Snapshot, f: impl Fn(f64) -> f64) {
         for v in snap.versions.values_mut() {

@@ -12,9 +12,11 @@ use aviary_contract::config::{digest, parse_and_compile, PluginConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::core::spec::RolloutSpec;
+use crate::edges::fs::{replace_file, Durability};
 use crate::error::Error;
-use crate::spec::RolloutSpec;
-use crate::state::{replace_file, Durability};
+
+use crate::core::spec::istio::{FailStrategy, Phase, TrafficMode};
 
 /// Mask of the digest bits the plugin exports in the `aviary_config_digest` gauge (Envoy
 /// gauges are integers that Prometheus reads as doubles, exact only to 2^53).
@@ -267,53 +269,6 @@ pub fn sinks_for(spec: &RolloutSpec) -> Result<Vec<Box<dyn ConfigSink + Send>>, 
 
 // ---------------------------------------------------------------------------------------------
 // Istio WasmPlugin
-
-/// `spec.failStrategy` of a WasmPlugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FailStrategy {
-    /// If the module cannot be fetched or loaded, requests bypass the plugin. Aviary's default:
-    /// without the plugin no routing header is set, so the routes fall through to the
-    /// baseline, which is the same place a rollback sends traffic. Failing closed would turn a
-    /// module fetch problem into a full outage of the service.
-    #[default]
-    FailOpen,
-    /// Requests fail (5xx) while the plugin is broken.
-    FailClose,
-    /// Reload the VM on failure.
-    FailReload,
-}
-
-/// `spec.phase` of a WasmPlugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Phase {
-    /// Before Istio's authentication filters.
-    Authn,
-    /// After authentication, before authorization.
-    Authz,
-    /// After authorization, before Istio's stats filters. Aviary's default: requests denied by
-    /// authn/authz are answered locally and never counted against a version, and the
-    /// routing header is still set before the router picks a route.
-    #[default]
-    Stats,
-    /// Istio's default position (end of the chain, before the router).
-    UnspecifiedPhase,
-}
-
-/// `spec.match[].mode` of a WasmPlugin: which side of a connection the plugin runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TrafficMode {
-    /// Outbound requests of the selected workloads, and gateways. Aviary's default: Istio picks
-    /// the subset where a request leaves (the caller's sidecar or the gateway), so that is
-    /// where the routing header must be set.
-    #[default]
-    Client,
-    /// Inbound requests of the selected workloads: too late to choose a subset.
-    Server,
-    ClientAndServer,
-}
 
 /// Where rendered manifests go.
 #[derive(Debug, Clone, PartialEq, Eq)]

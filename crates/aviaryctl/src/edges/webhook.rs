@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::core::spec::{Event as SpecEvent, HumanDuration, WebhookSpec};
+use crate::core::step::Notification;
 use crate::error::Error;
-use crate::spec::{Event as SpecEvent, HumanDuration, WebhookSpec};
-use crate::step::Notification;
 
 /// The receiver's answer to a confirm-promotion request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,7 +208,9 @@ impl WebhookNotifier {
                     Attempt::Fail(msg)
                 }
             }
-            Err(ureq::Error::Transport(t)) => Attempt::Retry(crate::source::transport_message(&t)),
+            Err(ureq::Error::Transport(t)) => {
+                Attempt::Retry(crate::edges::source::transport_message(&t))
+            }
         }
     }
 

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::core::gates::{MetricPoint, Verdict};
+use crate::core::spec::{DriftMetric, HumanDuration, RolloutSpec};
+use crate::core::step::{pct, Decision, DecisionKind, Outcome, Phase, RolloutState};
 use crate::error::Error;
-use crate::gates::{MetricPoint, Verdict};
-use crate::spec::{DriftMetric, HumanDuration, RolloutSpec};
-use crate::step::{pct, Decision, DecisionKind, Outcome, Phase, RolloutState};
 
 /// The full JSON report.
 pub fn render_json(spec: &RolloutSpec, state: &RolloutState) -> Value {

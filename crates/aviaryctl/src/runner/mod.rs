@@ -10,13 +10,12 @@
 //! runner records the latencies (evaluation to file in place and to durable, write to
 //! applied) in the event log next to the state file.
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use aviary_contract::config::PluginConfig;
@@ -24,23 +23,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::clock::{system_now_ms, Clock};
-use crate::error::Error;
-use crate::gates::Verdict;
-use crate::observe::Snapshot;
-use crate::report;
-use crate::sink::{sinks_for, ConfigSink, WriteReceipt};
-use crate::source::{
+use crate::core::spec::{Event, RolloutSpec};
+use crate::core::step::{
+    pct, step, Action, Command, ConfigWrite, Decision, Input, Notification, Observation, Outcome,
+    RolloutState,
+};
+use crate::edges::sink::{sinks_for, ConfigSink, WriteReceipt};
+use crate::edges::source::{
     prometheus_selector, source_for, ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource,
 };
-use crate::spec::{Event, RolloutSpec};
-use crate::state::{CommandAck, QueuedCommand, StateLock, StateStore};
-use crate::step::{
-    pct, step, Action, Command, ConfigWrite, Decision, Input, Notification, Observation, Outcome,
-    Phase, RolloutState,
-};
-use crate::webhook::{
+use crate::edges::store::{CommandAck, QueuedCommand, StateLock, StateStore};
+use crate::edges::webhook::{
     Approval, Approver, BackgroundNotifier, FanoutNotifier, Notifier, WebhookNotifier,
 };
+use crate::error::Error;
+use crate::report;
+
+mod output;
+mod pump;
+mod watcher;
+
+pub use output::LogMode;
+pub use watcher::ApplyRecord;
+
+use output::{emit, progress_line};
+use pump::{spawn_pump, Pump};
+use watcher::{spawn_watcher, weights_of, ApplyJob, Expect};
 
 /// How often an unchanged metrics read error is logged again.
 const SOURCE_ERROR_EVERY: Duration = Duration::from_secs(10);
@@ -48,28 +56,6 @@ const SOURCE_ERROR_EVERY: Duration = Duration::from_secs(10);
 /// Backoff bounds of write and persist retries.
 const RETRY_MIN_MS: u64 = 50;
 const RETRY_MAX_MS: u64 = 2_000;
-
-/// How the runner reports progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogMode {
-    /// One JSON object per line on stdout (for log collectors).
-    Json,
-    /// Readable lines plus a live progress line (for a terminal).
-    Human,
-    /// Nothing on stdout.
-    Quiet,
-}
-
-impl LogMode {
-    /// `Human` when stdout is a terminal, else `Json`.
-    pub fn detect() -> LogMode {
-        if std::io::stdout().is_terminal() {
-            LogMode::Human
-        } else {
-            LogMode::Json
-        }
-    }
-}
 
 /// Runner tuning.
 #[derive(Debug, Clone)]
@@ -227,23 +213,6 @@ pub struct WriteRecord {
     pub errors: Vec<String>,
 }
 
-/// The proxies' confirmation of a write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyRecord {
-    /// The [`WriteRecord::seq`] confirmed.
-    pub seq: u64,
-    pub at_ms: u64,
-    /// Whether every proxy reported the config.
-    pub applied: bool,
-    /// From the write completing to the last proxy reporting it, milliseconds.
-    pub apply_ms: f64,
-    /// From the trigger to the last proxy reporting it, milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trigger_to_apply_ms: Option<f64>,
-    pub detail: String,
-}
-
 /// Lines of the event log (`<stem>.events.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -251,20 +220,6 @@ pub enum RunnerEvent {
     Write(WriteRecord),
     Applied(ApplyRecord),
     Command(CommandAck),
-}
-
-/// What the proxies must report for a write to count as applied.
-#[derive(Debug, Clone)]
-enum Expect {
-    Digest(u64),
-    Weights(BTreeMap<String, u64>),
-}
-
-struct ApplyJob {
-    seq: u64,
-    expect: Expect,
-    written: Instant,
-    trigger: Option<Instant>,
 }
 
 /// The per-input result the command acks need.
@@ -303,18 +258,6 @@ pub struct Runner {
     progress_shown: bool,
     /// Last logged source error, when, and how many identical ones were not logged since.
     last_source_error: Option<(String, Instant, u64)>,
-}
-
-enum Pump {
-    Inline {
-        source: Box<dyn MetricsSource + Send>,
-        next_due_ms: u64,
-    },
-    Background {
-        rx: Receiver<(Result<Snapshot, String>, Instant)>,
-        stop: Arc<AtomicBool>,
-        handle: Option<JoinHandle<()>>,
-    },
 }
 
 impl Runner {
@@ -983,45 +926,7 @@ impl Runner {
             return;
         }
         self.last_progress = Some(Instant::now());
-        let s = &self.state;
-        let now = self.clock.now_ms();
-        let interval = self.spec.interval_ms().max(1);
-        let baked = now.saturating_sub(s.window_started_ms).min(interval);
-        let frac = baked as f64 / interval as f64;
-        let filled = (frac * 20.0).round() as usize;
-        let bar: String = "#".repeat(filled) + &"-".repeat(20 - filled.min(20));
-        let step_info = match s.phase {
-            Phase::Canary { step } => format!("step {}/{}", step + 1, s.schedule.len()),
-            _ => s.stage_label(),
-        };
-        let gates = s
-            .decisions
-            .iter()
-            .rev()
-            .find(|d| !d.gates.is_empty())
-            .map(|d| {
-                d.gates
-                    .iter()
-                    .map(|g| {
-                        let mark = match g.verdict {
-                            Verdict::Pass => "ok",
-                            Verdict::Fail => "FAIL",
-                            Verdict::Inconclusive => "?",
-                        };
-                        format!("{} {mark}", g.gate)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        let line = format!(
-            "{step_info} · canary {}{} · bake [{bar}] {:>3.0}% · checks {}/{} · {gates}",
-            pct(s.canary_bps),
-            if s.paused { " [paused]" } else { "" },
-            frac * 100.0,
-            s.failed_checks,
-            self.spec.spec.analysis.threshold,
-        );
+        let line = progress_line(&self.spec, &self.state, self.clock.now_ms());
         let width = 160;
         let line: String = line.chars().take(width).collect();
         print!("\r\x1b[2K{line}");
@@ -1040,144 +945,8 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
-/// Writes one log record in the given mode.
-fn emit(mode: LogMode, level: &str, event: &str, msg: &str, fields: Value) {
-    match mode {
-        LogMode::Quiet => {}
-        LogMode::Json => {
-            let mut o = json!({"ts": system_now_ms(), "level": level, "event": event, "msg": msg});
-            if let (Some(obj), Value::Object(extra)) = (o.as_object_mut(), fields) {
-                for (k, v) in extra {
-                    obj.entry(k).or_insert(v);
-                }
-            }
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{o}");
-            let _ = out.flush();
-        }
-        LogMode::Human => {
-            let secs = system_now_ms() / 1000;
-            let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-            let tag = match level {
-                "error" => "ERROR ",
-                "warn" => "warn  ",
-                _ => "",
-            };
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{h:02}:{m:02}:{s:02} {tag}{msg}");
-            let _ = out.flush();
-        }
-    }
-}
-
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn weights_of(cfg: &PluginConfig) -> BTreeMap<String, u64> {
-    cfg.versions
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| Some((v.name.clone(), u64::from(cfg.weight_bps(i)?))))
-        .collect()
-}
-
-fn spawn_pump(source: Box<dyn MetricsSource + Send>, service: String, every: Duration) -> Pump {
-    let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_in = stop.clone();
-    let handle = thread::spawn(move || {
-        while !stop_in.load(Ordering::SeqCst) {
-            let started = Instant::now();
-            let r = source.snapshot(&service).map_err(|e| e.to_string());
-            if tx.send((r, Instant::now())).is_err() {
-                return;
-            }
-            // Sleep in small slices so shutdown is prompt.
-            while started.elapsed() < every && !stop_in.load(Ordering::SeqCst) {
-                thread::sleep((every - started.elapsed()).min(Duration::from_millis(20)));
-            }
-        }
-    });
-    Pump::Background {
-        rx,
-        stop,
-        handle: Some(handle),
-    }
-}
-
-fn spawn_watcher(
-    probe: Box<dyn ApplyProbe + Send>,
-    service: String,
-    timeout: Duration,
-) -> (Sender<ApplyJob>, Receiver<ApplyRecord>) {
-    let (job_tx, job_rx) = mpsc::channel::<ApplyJob>();
-    let (res_tx, res_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut next: Option<ApplyJob> = None;
-        loop {
-            let job = match next.take() {
-                Some(j) => j,
-                None => match job_rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                },
-            };
-            let record = |applied: bool, detail: String| {
-                let now = Instant::now();
-                ApplyRecord {
-                    seq: job.seq,
-                    at_ms: system_now_ms(),
-                    applied,
-                    apply_ms: now.saturating_duration_since(job.written).as_secs_f64() * 1e3,
-                    trigger_to_apply_ms: job
-                        .trigger
-                        .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3),
-                    detail,
-                }
-            };
-            let mut last;
-            let result = loop {
-                match job_rx.try_recv() {
-                    Ok(newer) => {
-                        next = Some(newer);
-                        break record(false, "superseded by a newer write".into());
-                    }
-                    // The runner is gone: nobody will read the answer.
-                    Err(mpsc::TryRecvError::Disconnected) => return,
-                    Err(mpsc::TryRecvError::Empty) => {}
-                }
-                match probe.applied(&service) {
-                    Ok(list) if !list.is_empty() => {
-                        let pending: Vec<String> = list
-                            .iter()
-                            .filter(|a| match &job.expect {
-                                Expect::Digest(d) => a.digest48 != Some(*d),
-                                Expect::Weights(w) => {
-                                    w.iter().any(|(v, bps)| a.weights.get(v) != Some(bps))
-                                }
-                            })
-                            .map(|a| a.endpoint.clone())
-                            .collect();
-                        if pending.is_empty() {
-                            break record(true, format!("{} proxies", list.len()));
-                        }
-                        last = format!("waiting for {}", pending.join(", "));
-                    }
-                    Ok(_) => last = "no proxies".into(),
-                    Err(e) => last = e.to_string(),
-                }
-                if job.written.elapsed() >= timeout {
-                    break record(false, format!("not applied after {timeout:?}: {last}"));
-                }
-                thread::sleep(Duration::from_millis(2));
-            };
-            if res_tx.send(result).is_err() {
-                return;
-            }
-        }
-    });
-    (job_tx, res_rx)
 }
 
 /// The config a rollout state wants in place, as `aviaryctl render-istio` and the offline

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use aviaryctl::observe::{Snapshot, VersionMetrics};
-use aviaryctl::spec::RolloutSpec;
-use aviaryctl::stats::normal_cdf;
-use aviaryctl::step::{step, Action, Input, Observation, Outcome, RolloutState};
+use aviaryctl::core::observe::{Snapshot, VersionMetrics};
+use aviaryctl::core::spec::RolloutSpec;
+use aviaryctl::core::stats::normal_cdf;
+use aviaryctl::core::step::{step, Action, Input, Observation, Outcome, RolloutState};
 
 pub const SPEC: &str = r#"
 apiVersion: aviary.dev/v1

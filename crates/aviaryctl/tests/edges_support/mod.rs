@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aviary_contract::config::PluginConfig;
 use aviary_sim::{EnvoyBuilder, EnvoyProcess, ModelServer, ModelServerConfig};
-use aviaryctl::sink::EcdsFileSink;
+use aviaryctl::edges::sink::EcdsFileSink;
 
 static DIRS: AtomicU32 = AtomicU32::new(0);
 static WASM_BUILD: Mutex<()> = Mutex::new(());
@@ -134,7 +134,7 @@ pub struct Rig {
 impl Rig {
     /// Writes `initial` with the ECDS sink, then starts `n` Envoys on it.
     pub fn start(n: usize, initial: &PluginConfig) -> Rig {
-        use aviaryctl::sink::ConfigSink;
+        use aviaryctl::edges::sink::ConfigSink;
         let dir = TempDir::new("rig");
         let ecds = dir.join("ecds.json");
         let sink = EcdsFileSink::new(&ecds, "aviary", wasm().display().to_string());

@@ -14,6 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, SpecError};
 
+pub mod istio;
+
+use istio::TrafficMode;
+
 /// `apiVersion` accepted by this driver.
 pub const API_VERSION: &str = "aviary.dev/v1";
 /// `kind` accepted by this driver.
@@ -114,7 +118,7 @@ pub struct IstioWasmPlugin {
     /// `spec.match[].mode`: `CLIENT` (default: callers' sidecars and gateways, where Istio picks
     /// the subset), `SERVER` or `CLIENT_AND_SERVER`.
     #[serde(default)]
-    pub mode: crate::sink::TrafficMode,
+    pub mode: TrafficMode,
 }
 
 fn default_namespace() -> String {

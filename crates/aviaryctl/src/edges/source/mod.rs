@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::clock::system_now_ms;
+use crate::core::observe::{Snapshot, VersionMetrics};
+use crate::core::spec::RolloutSpec;
 use crate::error::Error;
-use crate::observe::{Snapshot, VersionMetrics};
-use crate::spec::RolloutSpec;
 
 /// Default timeout of one metrics request. Short, because a slow source must not delay an
 /// abort or a rollback decision; a timeout simply makes that tick inconclusive.

@@ -1,0 +1,50 @@
+//! The fields of an Istio `WasmPlugin` that the spec and the sink share.
+
+use serde::{Deserialize, Serialize};
+
+/// `spec.failStrategy` of a WasmPlugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailStrategy {
+    /// If the module cannot be fetched or loaded, requests bypass the plugin. Aviary's default:
+    /// without the plugin no routing header is set, so the routes fall through to the
+    /// baseline, which is the same place a rollback sends traffic. Failing closed would turn a
+    /// module fetch problem into a full outage of the service.
+    #[default]
+    FailOpen,
+    /// Requests fail (5xx) while the plugin is broken.
+    FailClose,
+    /// Reload the VM on failure.
+    FailReload,
+}
+
+/// `spec.phase` of a WasmPlugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// Before Istio's authentication filters.
+    Authn,
+    /// After authentication, before authorization.
+    Authz,
+    /// After authorization, before Istio's stats filters. Aviary's default: requests denied by
+    /// authn/authz are answered locally and never counted against a version, and the
+    /// routing header is still set before the router picks a route.
+    #[default]
+    Stats,
+    /// Istio's default position (end of the chain, before the router).
+    UnspecifiedPhase,
+}
+
+/// `spec.match[].mode` of a WasmPlugin: which side of a connection the plugin runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TrafficMode {
+    /// Outbound requests of the selected workloads, and gateways. Aviary's default: Istio picks
+    /// the subset where a request leaves (the caller's sidecar or the gateway), so that is
+    /// where the routing header must be set.
+    #[default]
+    Client,
+    /// Inbound requests of the selected workloads: too late to choose a subset.
+    Server,
+    ClientAndServer,
+}

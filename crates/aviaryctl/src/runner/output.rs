@@ -1,0 +1,106 @@
+//! What users see: one JSON object per line (for log collectors), or readable lines and a
+//! live progress line (for a terminal).
+
+use std::io::{IsTerminal, Write};
+
+use serde_json::{json, Value};
+
+use crate::clock::system_now_ms;
+use crate::core::gates::Verdict;
+use crate::core::spec::RolloutSpec;
+use crate::core::step::{pct, Phase, RolloutState};
+
+/// How the runner reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    /// One JSON object per line on stdout (for log collectors).
+    Json,
+    /// Readable lines plus a live progress line (for a terminal).
+    Human,
+    /// Nothing on stdout.
+    Quiet,
+}
+
+impl LogMode {
+    /// `Human` when stdout is a terminal, else `Json`.
+    pub fn detect() -> LogMode {
+        if std::io::stdout().is_terminal() {
+            LogMode::Human
+        } else {
+            LogMode::Json
+        }
+    }
+}
+
+/// Writes one log record in the given mode.
+pub(super) fn emit(mode: LogMode, level: &str, event: &str, msg: &str, fields: Value) {
+    match mode {
+        LogMode::Quiet => {}
+        LogMode::Json => {
+            let mut o = json!({"ts": system_now_ms(), "level": level, "event": event, "msg": msg});
+            if let (Some(obj), Value::Object(extra)) = (o.as_object_mut(), fields) {
+                for (k, v) in extra {
+                    obj.entry(k).or_insert(v);
+                }
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{o}");
+            let _ = out.flush();
+        }
+        LogMode::Human => {
+            let secs = system_now_ms() / 1000;
+            let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+            let tag = match level {
+                "error" => "ERROR ",
+                "warn" => "warn  ",
+                _ => "",
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{h:02}:{m:02}:{s:02} {tag}{msg}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// The live progress line: step, canary weight, bake progress, failed checks and the last
+/// gates' verdicts.
+pub(super) fn progress_line(spec: &RolloutSpec, state: &RolloutState, now: u64) -> String {
+    let s = state;
+    let interval = spec.interval_ms().max(1);
+    let baked = now.saturating_sub(s.window_started_ms).min(interval);
+    let frac = baked as f64 / interval as f64;
+    let filled = (frac * 20.0).round() as usize;
+    let bar: String = "#".repeat(filled) + &"-".repeat(20 - filled.min(20));
+    let step_info = match s.phase {
+        Phase::Canary { step } => format!("step {}/{}", step + 1, s.schedule.len()),
+        _ => s.stage_label(),
+    };
+    let gates = s
+        .decisions
+        .iter()
+        .rev()
+        .find(|d| !d.gates.is_empty())
+        .map(|d| {
+            d.gates
+                .iter()
+                .map(|g| {
+                    let mark = match g.verdict {
+                        Verdict::Pass => "ok",
+                        Verdict::Fail => "FAIL",
+                        Verdict::Inconclusive => "?",
+                    };
+                    format!("{} {mark}", g.gate)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    format!(
+        "{step_info} · canary {}{} · bake [{bar}] {:>3.0}% · checks {}/{} · {gates}",
+        pct(s.canary_bps),
+        if s.paused { " [paused]" } else { "" },
+        frac * 100.0,
+        s.failed_checks,
+        spec.spec.analysis.threshold,
+    )
+}
