@@ -2,169 +2,42 @@
 //! errors carry the exact field path (`versions[1].weight`), unknown fields are named, and the
 //! `.wasm` stays small (one generic JSON parser instead of a visitor per struct).
 
-use std::collections::BTreeMap;
+mod object;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::*;
+use crate::config::error::ConfigError;
+use crate::config::schema::{
+    default_body_limit, default_max_in_flight, default_routing_header, default_service,
+    default_shadow_header, default_shadow_suffix, default_shadow_timeout, default_stamp_header,
+    CompareConfig, ConditionConfig, KeySource, MetricsConfig, OverrideConfig, PluginConfig,
+    RuleConfig, ScoresConfig, ShadowConfig, ShadowTarget, ShadowVia, StickyConfig, VersionConfig,
+};
+use object::{numbers, obj, R};
 
-type R<T> = Result<T, ConfigError>;
+impl PluginConfig {
+    /// Parses JSON, rejecting unknown fields, with the failing field's path in the error.
+    pub fn from_json(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        Self::from_value(&v)
+    }
 
-struct Obj<'a> {
-    map: &'a Map<String, Value>,
-    path: String,
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+    /// Reads a config from a JSON value (e.g. Istio's `pluginConfig` converted from YAML).
+    pub fn from_value(v: &Value) -> Result<PluginConfig, ConfigError> {
+        plugin_config(v)
     }
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
+#[cfg(not(target_arch = "wasm32"))]
+impl<'de> serde::Deserialize<'de> for PluginConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        PluginConfig::from_value(&v).map_err(serde::de::Error::custom)
     }
 }
 
-fn obj<'a>(v: &'a Value, path: String, fields: &[&str]) -> R<Obj<'a>> {
-    let Value::Object(map) = v else {
-        return Err(ConfigError::new(
-            path,
-            format!("expected an object, found {}", type_name(v)),
-        ));
-    };
-    if let Some(k) = map.keys().find(|k| !fields.contains(&k.as_str())) {
-        return Err(ConfigError::new(
-            join(&path, k),
-            format!(
-                "unknown field; the known fields here are: {}",
-                fields.join(", ")
-            ),
-        ));
-    }
-    Ok(Obj { map, path })
-}
-
-impl<'a> Obj<'a> {
-    fn at(&self, key: &str) -> String {
-        join(&self.path, key)
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn wrong(&self, key: &str, want: &str, v: &Value) -> ConfigError {
-        ConfigError::new(
-            self.at(key),
-            format!("expected {want}, found {}", type_name(v)),
-        )
-    }
-
-    fn opt_str(&self, key: &str) -> R<Option<String>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.wrong(key, "a string", v)),
-        }
-    }
-
-    fn str(&self, key: &str) -> R<String> {
-        self.opt_str(key)?
-            .ok_or_else(|| ConfigError::new(self.at(key), "missing; this field is required"))
-    }
-
-    fn opt_bool(&self, key: &str) -> R<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.wrong(key, "true or false", v)),
-        }
-    }
-
-    fn opt_u32(&self, key: &str) -> R<Option<u32>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| {
-                    ConfigError::new(self.at(key), format!("expected a whole number, found {n}"))
-                }),
-            Some(v) => Err(self.wrong(key, "a whole number", v)),
-        }
-    }
-
-    fn opt_f64(&self, key: &str) -> R<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(v) => Err(self.wrong(key, "a number", v)),
-        }
-    }
-
-    fn list(&self, key: &str) -> R<&'a [Value]> {
-        match self.get(key) {
-            None => Ok(&[]),
-            Some(Value::Array(a)) => Ok(a),
-            Some(v) => Err(self.wrong(key, "a list", v)),
-        }
-    }
-
-    fn each<T>(&self, key: &str, f: impl Fn(&Value, String) -> R<T>) -> R<Vec<T>> {
-        self.list(key)?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| f(v, format!("{}[{i}]", self.at(key))))
-            .collect()
-    }
-
-    fn strings(&self, key: &str) -> R<Option<Vec<String>>> {
-        if self.get(key).is_none() {
-            return Ok(None);
-        }
-        self.each(key, |v, path| match v {
-            Value::String(s) => Ok(s.clone()),
-            v => Err(ConfigError::new(
-                path,
-                format!("expected a string, found {}", type_name(v)),
-            )),
-        })
-        .map(Some)
-    }
-
-    fn str_map(&self, key: &str) -> R<BTreeMap<String, String>> {
-        match self.get(key) {
-            None => Ok(BTreeMap::new()),
-            Some(Value::Object(m)) => m
-                .iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => Ok((k.clone(), s.clone())),
-                    v => Err(ConfigError::new(
-                        format!("{}.{k}", self.at(key)),
-                        format!("expected a string, found {}", type_name(v)),
-                    )),
-                })
-                .collect(),
-            Some(v) => Err(self.wrong(key, "an object of header names to values", v)),
-        }
-    }
-
-    fn nested<T>(&self, key: &str, f: impl Fn(&Value, String) -> R<T>) -> R<Option<T>> {
-        self.get(key).map(|v| f(v, self.at(key))).transpose()
-    }
-}
-
-pub(crate) fn plugin_config(v: &Value) -> R<PluginConfig> {
+fn plugin_config(v: &Value) -> R<PluginConfig> {
     let o = obj(
         v,
         String::new(),
@@ -390,11 +263,6 @@ fn shadow(v: &Value, path: String) -> R<ShadowConfig> {
             })
         })?,
     })
-}
-
-fn numbers(v: &Value, path: String) -> R<f64> {
-    v.as_f64()
-        .ok_or_else(|| ConfigError::new(path, format!("expected a number, found {}", type_name(v))))
 }
 
 fn metrics(v: &Value, path: String) -> R<MetricsConfig> {
