@@ -17,6 +17,61 @@ pub const SHADOW_UNCOMPARED: &str = "aviary_shadow_uncompared_total";
 pub const SHADOW_SCORE_DELTA: &str = "aviary_shadow_score_delta_milli";
 pub const SHADOW_LATENCY_DELTA: &str = "aviary_shadow_latency_delta_ms";
 
+use std::marker::PhantomData;
+use std::ops::{Index, IndexMut};
+
+/// A metric label whose values are the variants of an enum, e.g. [`ResponseClass`].
+pub trait Label: Copy + 'static {
+    /// The label's key in a stat name.
+    const KEY: &'static str;
+    /// Every value, in `index` order.
+    const VALUES: &'static [Self];
+    fn index(self) -> usize;
+    fn as_str(self) -> &'static str;
+}
+
+/// One `T` per value of the label `L` (e.g. a counter per response class), indexed by value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByLabel<L, T> {
+    values: Vec<T>,
+    label: PhantomData<L>,
+}
+
+impl<L: Label, T> ByLabel<L, T> {
+    pub fn from_fn(f: impl FnMut(L) -> T) -> Self {
+        ByLabel {
+            values: L::VALUES.iter().copied().map(f).collect(),
+            label: PhantomData,
+        }
+    }
+
+    /// Like `from_fn`, stopping at the first error.
+    pub fn try_from_fn<E>(f: impl FnMut(L) -> Result<T, E>) -> Result<Self, E> {
+        Ok(ByLabel {
+            values: L::VALUES.iter().copied().map(f).collect::<Result<_, E>>()?,
+            label: PhantomData,
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (L, &T)> {
+        L::VALUES.iter().copied().zip(&self.values)
+    }
+}
+
+impl<L: Label, T> Index<L> for ByLabel<L, T> {
+    type Output = T;
+
+    fn index(&self, label: L) -> &T {
+        &self.values[label.index()]
+    }
+}
+
+impl<L: Label, T> IndexMut<L> for ByLabel<L, T> {
+    fn index_mut(&mut self, label: L) -> &mut T {
+        &mut self.values[label.index()]
+    }
+}
+
 /// Defines a metric label: an enum whose variants are the label's values, in metric-id order.
 macro_rules! label {
     ($(#[$doc:meta])* $name:ident = $key:literal {
@@ -49,6 +104,19 @@ macro_rules! label {
             /// The value a label string names, if any.
             pub fn from_label(s: &str) -> Option<$name> {
                 $name::ALL.into_iter().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl Label for $name {
+            const KEY: &'static str = $key;
+            const VALUES: &'static [$name] = &$name::ALL;
+
+            fn index(self) -> usize {
+                $name::index(self)
+            }
+
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
             }
         }
 
@@ -246,6 +314,21 @@ mod tests {
         assert_eq!(Uncompared::ALL.len(), 9);
         assert_eq!(ShadowClass::of_status(503), ShadowClass::ServerError);
         assert_eq!(ResponseClass::of_status(204).to_string(), "2xx");
+    }
+
+    #[test]
+    fn by_label_is_indexed_by_value() {
+        let mut counts: ByLabel<ResponseClass, u64> = ByLabel::from_fn(|_| 0);
+        counts[ResponseClass::Reset] += 2;
+        assert_eq!(counts[ResponseClass::Reset], 2);
+        assert_eq!(counts.iter().count(), ResponseClass::ALL.len());
+        let names = ByLabel::<Comparison, _>::try_from_fn(|c| Ok::<_, ()>(c.as_str()));
+        assert_eq!(names.map(|n| n[Comparison::Scored]), Ok("scored"));
+        let failed = ByLabel::<Comparison, u8>::try_from_fn(|c| match c {
+            Comparison::Disagree => Err(c),
+            _ => Ok(1),
+        });
+        assert_eq!(failed, Err(Comparison::Disagree));
     }
 
     #[test]
