@@ -68,7 +68,7 @@ lint:
 
 ## demo: two real rollouts (good v2 promoted, bad v2 rolled back) through real Envoy
 demo: build envoy
-	$(CARGO) run -p aviaryctl -- demo --out out/demo
+	$(CARGO) run -p aviary-demo -- --out out/demo
 
 clean:
 	$(CARGO) clean

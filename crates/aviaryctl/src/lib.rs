@@ -14,7 +14,6 @@
 
 pub mod clock;
 pub mod core;
-pub mod demo;
 pub mod edges;
 pub mod error;
 pub mod report;

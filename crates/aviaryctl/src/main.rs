@@ -133,22 +133,6 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Run the demo: real Envoy with the plugin over ECDS, two model servers and keyed
-    /// traffic; a good v2 is promoted step by step, then a bad v2 is rolled back.
-    Demo(DemoArgs),
-}
-
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// Where the rollout specs, states, reports and webhook log go.
-    #[arg(long, value_name = "DIR", default_value = "out/demo")]
-    out: PathBuf,
-    /// The repository root (for envoy/aviary-ecds.yaml and the built .wasm).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    root: PathBuf,
-    /// Shorter bake times, no live display (what the end-to-end test runs).
-    #[arg(long)]
-    quick: bool,
 }
 
 #[derive(Debug, Args)]
@@ -190,24 +174,6 @@ enum PhaseArg {
     Unspecified,
 }
 
-fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let root = args.root.canonicalize().context("--root")?;
-    let mut opts = aviaryctl::demo::DemoOptions::new(&root, args.out);
-    if args.quick {
-        opts = opts.quick();
-    }
-    let results = aviaryctl::demo::run(&opts)?;
-    let expected = [Some("promoted"), Some("rolled back")];
-    let ok = results
-        .iter()
-        .zip(expected)
-        .all(|(r, want)| r.outcome.as_deref() == want);
-    if !ok {
-        bail!("the demo did not end as expected: {results:#?}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -229,7 +195,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| Path::new(DEFAULT_STATE_DIR).join(STATE_FILE));
     match cli.command {
         Cmd::Validate { spec } => validate(&spec),
-        Cmd::Demo(args) => demo(args),
         Cmd::Run {
             spec,
             report_dir,

@@ -3,37 +3,41 @@
 //! runner `aviaryctl run` uses: a good v2 that is promoted step by step, and a bad v2 (more
 //! errors, slower, shifted predictions) that is rolled back automatically.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aviary_sim::{
-    run_load, EnvoyBuilder, EnvoyProcess, Latency, LatencyTail, LoadConfig, ModelServer,
-    ModelServerConfig, ScoreDistribution,
+    EnvoyBuilder, EnvoyProcess, Latency, LatencyTail, ModelServer, ModelServerConfig,
+    ScoreDistribution,
 };
+use aviaryctl::clock::SystemClock;
+use aviaryctl::core::spec::RolloutSpec;
+use aviaryctl::core::step::Outcome;
+use aviaryctl::edges::sink::sinks_for;
+use aviaryctl::edges::store::StateStore;
+use aviaryctl::error::Error;
+use aviaryctl::runner::{Components, LogMode, Runner, RunnerOptions};
 use serde::Serialize;
 
-use crate::clock::SystemClock;
-use crate::core::spec::RolloutSpec;
-use crate::core::step::Outcome;
-use crate::edges::sink::sinks_for;
-use crate::edges::store::StateStore;
-use crate::error::Error;
-use crate::runner::{Components, LogMode, Runner, RunnerOptions};
+mod receiver;
+mod traffic;
 
+use receiver::Receiver;
+use traffic::Traffic;
+
+/// What can stop the demo.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// Preparing the demo (files, model servers, Envoy, the webhook receiver) failed.
     #[error("demo setup: {0}")]
     Setup(String),
+    /// The driver failed.
     #[error(transparent)]
     Driver(#[from] Error),
 }
 
-fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '_ {
+pub(crate) fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '_ {
     move |e| DemoError::Setup(format!("{what}: {e}"))
 }
 
@@ -190,167 +194,6 @@ spec:
         shadow = secs(o.shadow),
         report = dir.join("report").display(),
     )
-}
-
-/// A webhook receiver on loopback that records every JSON payload it is sent.
-struct Receiver {
-    url: String,
-    seen: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start(log: Option<PathBuf>, echo: bool) -> Result<Receiver, DemoError> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(setup("webhook receiver"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(setup("webhook receiver"))?;
-        let url = format!(
-            "http://{}/hook",
-            listener.local_addr().map_err(setup("webhook receiver"))?
-        );
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (seen.clone(), stop.clone());
-        let handle = std::thread::spawn(move || {
-            while !st.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        if let Some(body) = serve_one(conn) {
-                            if echo {
-                                println!("  webhook <- {}", summarize(&body));
-                            }
-                            if let Some(p) = &log {
-                                if let Ok(mut f) = std::fs::OpenOptions::new()
-                                    .create(true)
-                                    .append(true)
-                                    .open(p)
-                                {
-                                    let _ = writeln!(f, "{body}");
-                                }
-                            }
-                            if let Ok(mut v) = s.lock() {
-                                v.push(body);
-                            }
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Ok(Receiver {
-            url,
-            seen,
-            stop,
-            handle: Some(handle),
-        })
-    }
-
-    fn take(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn summarize(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let event = v["event"].as_str().unwrap_or("?");
-    let msg = v["message"]
-        .as_str()
-        .or_else(|| v["reason"].as_str())
-        .unwrap_or("");
-    format!("{event}: {msg}")
-}
-
-fn serve_one(conn: TcpStream) -> Option<String> {
-    conn.set_nonblocking(false).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut reader = BufReader::new(conn.try_clone().ok()?);
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().ok()?;
-            }
-        }
-    }
-    let mut body = vec![0; len.min(1 << 20)];
-    reader.read_exact(&mut body).ok()?;
-    let mut w = conn;
-    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-    String::from_utf8(body).ok()
-}
-
-/// Keyed traffic in bounded 1-second runs until stopped, tallying what the client saw.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<(u64, u64)>>,
-}
-
-impl Traffic {
-    fn start(url: String, rate: f64) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let (mut total, mut errors) = (0, 0);
-            let mut round = 0;
-            while !st.load(Ordering::SeqCst) {
-                let mut cfg = LoadConfig::duration(&url, Duration::from_secs(1));
-                cfg.rate = Some(rate);
-                cfg.connections = 8;
-                cfg.users = 20_000;
-                cfg.seed = round;
-                cfg.input_header = Some("x-input-id".into());
-                round += 1;
-                match run_load(&cfg) {
-                    Ok(r) => {
-                        total += r.summary.total;
-                        errors += r.summary.errors;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                }
-            }
-            (total, errors)
-        });
-        Traffic {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or((0, 0))
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
 }
 
 fn start_envoy(

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use aviaryctl::demo::{self, DemoOptions};
+use aviary_demo::{self as demo, DemoOptions};
 
 #[test]
 fn demo_promotes_good_v2_and_rolls_back_bad_v2() {
