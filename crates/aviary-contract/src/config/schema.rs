@@ -147,15 +147,33 @@ pub struct ShadowConfig {
     /// Only mirror requests matching the conditions of one of these segment rules (by name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<String>,
-    #[serde(default = "default_shadow_timeout")]
+    // These five are written only when not at their defaults: with `via: "envoy"` the reader
+    // rejects them even at their defaults, so writing them would make the driver's own configs
+    // (and any `to_json` of a config that was read) unreadable.
+    #[serde(
+        default = "default_shadow_timeout",
+        skip_serializing_if = "is_default_shadow_timeout"
+    )]
     pub timeout_ms: u32,
-    #[serde(default = "default_body_limit")]
+    #[serde(
+        default = "default_body_limit",
+        skip_serializing_if = "is_default_body_limit"
+    )]
     pub max_body_bytes: u32,
-    #[serde(default = "default_max_in_flight")]
+    #[serde(
+        default = "default_max_in_flight",
+        skip_serializing_if = "is_default_max_in_flight"
+    )]
     pub max_in_flight: u32,
-    #[serde(default = "default_shadow_header")]
+    #[serde(
+        default = "default_shadow_header",
+        skip_serializing_if = "is_default_shadow_header"
+    )]
     pub mark_header: String,
-    #[serde(default = "default_shadow_suffix")]
+    #[serde(
+        default = "default_shadow_suffix",
+        skip_serializing_if = "is_default_shadow_suffix"
+    )]
     pub authority_suffix: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<CompareConfig>,
@@ -256,6 +274,21 @@ pub(crate) fn default_shadow_header() -> String {
 pub(crate) fn default_shadow_suffix() -> String {
     DEFAULT_SHADOW_AUTHORITY_SUFFIX.into()
 }
+fn is_default_shadow_timeout(v: &u32) -> bool {
+    *v == default_shadow_timeout()
+}
+fn is_default_body_limit(v: &u32) -> bool {
+    *v == default_body_limit()
+}
+fn is_default_max_in_flight(v: &u32) -> bool {
+    *v == default_max_in_flight()
+}
+fn is_default_shadow_header(v: &str) -> bool {
+    v == DEFAULT_SHADOW_HEADER
+}
+fn is_default_shadow_suffix(v: &str) -> bool {
+    v == DEFAULT_SHADOW_AUTHORITY_SUFFIX
+}
 
 impl PluginConfig {
     pub fn to_json(&self) -> String {
@@ -287,5 +320,32 @@ impl PluginConfig {
             v.weight = Some(*w);
             v.percent = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzz/ (`config`): a `via: "envoy"` shadow was written with the plugin-only
+    /// fields at their defaults, which the reader rejects, so the driver could not write it.
+    #[test]
+    fn configs_read_back_as_written() -> Result<(), crate::config::ConfigError> {
+        for raw in [
+            r#"{"versions":[{"name":"a","weight":10000},{"name":"b","weight":0}],
+                "shadow":{"via":"envoy","targets":[{"version":"b","cluster":"b","mirrorHeader":"x-m"}],"share":10000}}"#,
+            r#"{"versions":[{"name":"a","weight":10000},{"name":"b","weight":0}],
+                "shadow":{"targets":[{"version":"b","cluster":"b"}],"share":500,"timeoutMs":1000,"maxInFlight":8,"markHeader":"x-s"}}"#,
+        ] {
+            let cfg = PluginConfig::from_json(raw.as_bytes())?;
+            let written = cfg.to_json();
+            assert_eq!(
+                PluginConfig::from_json(written.as_bytes())?,
+                cfg,
+                "{written}"
+            );
+            crate::config::parse_and_compile(written.as_bytes())?;
+        }
+        Ok(())
     }
 }
