@@ -11,7 +11,7 @@ use proxy_wasm::types::{self, Action, BufferType, ContextType, MapType, MetricTy
 
 use crate::filter::{Root, Stream};
 use crate::headers::HeaderBlock;
-use crate::host::{Body, Host, LogLevel, MetricKind};
+use crate::host::{Body, Host, HostMetric, LogLevel, MetricKind};
 use crate::tally::Tally;
 
 #[link(wasm_import_module = "env")]
@@ -99,21 +99,21 @@ impl Host for WasmHost {
         hostcalls::get_buffer(t, start, len).ok().flatten()
     }
 
-    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<HostMetric> {
         let t = match kind {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Gauge => MetricType::Gauge,
             MetricKind::Histogram => MetricType::Histogram,
         };
-        hostcalls::define_metric(t, name).ok()
+        hostcalls::define_metric(t, name).ok().map(HostMetric)
     }
 
-    fn increment(&self, id: u32, by: i64) {
-        let _ = hostcalls::increment_metric(id, by);
+    fn increment(&self, metric: HostMetric, by: i64) {
+        let _ = hostcalls::increment_metric(metric.0, by);
     }
 
-    fn record(&self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+    fn record(&self, metric: HostMetric, value: u64) {
+        let _ = hostcalls::record_metric(metric.0, value);
     }
 
     fn dispatch(

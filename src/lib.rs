@@ -3,6 +3,7 @@
 //! per-version metrics. Only `adapter` and the wiring below touch proxy-wasm; the rest is
 //! plain Rust, shared with the rollout driver and tested natively.
 
+pub mod active;
 pub mod extract;
 pub mod filter;
 pub mod headers;

@@ -6,13 +6,22 @@
 
 use std::collections::HashMap;
 
-use crate::host::{Host, MetricKind};
+use crate::host::{Host, HostMetric, MetricKind};
+use aviary_contract::metrics::stat_name;
 
-/// A counter slot: a metric defined in the host and the count not yet sent to it.
+/// A batched counter in a `Tally`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Slot(u32);
+
+/// A batched latency histogram in a `Tally`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HistoSlot(u32);
+
+/// A counter defined in the host and the count not yet sent to it.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    id: u32,
-    pending: u64,
+struct Pending {
+    metric: HostMetric,
+    count: u64,
 }
 
 /// A latency histogram: non-cumulative pending counts per bucket, sent as cumulative counters.
@@ -20,7 +29,7 @@ struct Slot {
 struct Histo {
     bounds_us: Vec<u64>,
     /// One counter per bound, then `+Inf`, then `_count` and `_sum` (milliseconds).
-    ids: Vec<u32>,
+    metrics: Vec<HostMetric>,
     pending: Vec<u64>,
     sum_us: u64,
     dirty: bool,
@@ -38,17 +47,17 @@ pub struct HistoNames<'a> {
 /// configuration are still sent, and each metric is defined in the host once.
 #[derive(Debug, Default)]
 pub struct Tally {
-    defined: HashMap<String, u32>,
-    slots: Vec<Slot>,
-    slot_of: HashMap<u32, u32>,
+    defined: HashMap<String, HostMetric>,
+    counters: Vec<Pending>,
+    slot_of: HashMap<HostMetric, Slot>,
     histos: Vec<Histo>,
-    histo_of: HashMap<String, u32>,
+    histo_of: HashMap<String, HistoSlot>,
     dirty: bool,
 }
 
 impl Tally {
     /// The host's id for a metric, defining it on first use.
-    pub fn define(&mut self, host: &dyn Host, kind: MetricKind, name: &str) -> Option<u32> {
+    pub fn define(&mut self, host: &dyn Host, kind: MetricKind, name: &str) -> Option<HostMetric> {
         if let Some(id) = self.defined.get(name) {
             return Some(*id);
         }
@@ -58,14 +67,14 @@ impl Tally {
     }
 
     /// A batched counter's slot.
-    pub fn counter(&mut self, host: &dyn Host, name: &str) -> Option<u32> {
-        let id = self.define(host, MetricKind::Counter, name)?;
-        if let Some(s) = self.slot_of.get(&id) {
+    pub fn counter(&mut self, host: &dyn Host, name: &str) -> Option<Slot> {
+        let metric = self.define(host, MetricKind::Counter, name)?;
+        if let Some(s) = self.slot_of.get(&metric) {
             return Some(*s);
         }
-        let slot = u32::try_from(self.slots.len()).ok()?;
-        self.slots.push(Slot { id, pending: 0 });
-        self.slot_of.insert(id, slot);
+        let slot = Slot(u32::try_from(self.counters.len()).ok()?);
+        self.counters.push(Pending { metric, count: 0 });
+        self.slot_of.insert(metric, slot);
         Some(slot)
     }
 
@@ -76,14 +85,12 @@ impl Tally {
         host: &dyn Host,
         names: HistoNames<'_>,
         bounds_us: &[u64],
-    ) -> Option<u32> {
-        let key = aviary_contract::metrics::stat_name(names.base, names.labels)
-            + "|"
-            + &names.bound_labels.join(",");
+    ) -> Option<HistoSlot> {
+        let key = stat_name(names.base, names.labels) + "|" + &names.bound_labels.join(",");
         if let Some(h) = self.histo_of.get(&key) {
             return Some(*h);
         }
-        let mut ids = Vec::with_capacity(bounds_us.len() + 3);
+        let mut metrics = Vec::with_capacity(bounds_us.len() + 3);
         let bucket = format!("{}_bucket", names.base);
         for le in names
             .bound_labels
@@ -93,20 +100,16 @@ impl Tally {
         {
             let mut labels = names.labels.to_vec();
             labels.push(("le", le));
-            let name = aviary_contract::metrics::stat_name(&bucket, &labels);
-            ids.push(self.define(host, MetricKind::Counter, &name)?);
+            metrics.push(self.define(host, MetricKind::Counter, &stat_name(&bucket, &labels))?);
         }
         for suffix in ["_count", "_sum"] {
-            let name = aviary_contract::metrics::stat_name(
-                &format!("{}{suffix}", names.base),
-                names.labels,
-            );
-            ids.push(self.define(host, MetricKind::Counter, &name)?);
+            let name = stat_name(&format!("{}{suffix}", names.base), names.labels);
+            metrics.push(self.define(host, MetricKind::Counter, &name)?);
         }
-        let h = u32::try_from(self.histos.len()).ok()?;
+        let h = HistoSlot(u32::try_from(self.histos.len()).ok()?);
         self.histos.push(Histo {
             bounds_us: bounds_us.to_vec(),
-            ids,
+            metrics,
             pending: vec![0; bounds_us.len() + 1],
             sum_us: 0,
             dirty: false,
@@ -115,15 +118,15 @@ impl Tally {
         Some(h)
     }
 
-    pub fn add(&mut self, slot: u32, n: u64) {
-        if let Some(s) = self.slots.get_mut(slot as usize) {
-            s.pending += n;
+    pub fn add(&mut self, slot: Slot, n: u64) {
+        if let Some(s) = self.counters.get_mut(slot.0 as usize) {
+            s.count += n;
             self.dirty = true;
         }
     }
 
-    pub fn observe_us(&mut self, histo: u32, us: u64) {
-        if let Some(h) = self.histos.get_mut(histo as usize) {
+    pub fn observe_us(&mut self, histo: HistoSlot, us: u64) {
+        if let Some(h) = self.histos.get_mut(histo.0 as usize) {
             let i = h.bounds_us.partition_point(|b| *b < us);
             h.pending[i] += 1;
             h.sum_us += us;
@@ -138,10 +141,10 @@ impl Tally {
             return;
         }
         self.dirty = false;
-        for s in &mut self.slots {
-            if s.pending > 0 {
-                host.increment(s.id, to_i64(s.pending));
-                s.pending = 0;
+        for s in &mut self.counters {
+            if s.count > 0 {
+                host.increment(s.metric, to_i64(s.count));
+                s.count = 0;
             }
         }
         for h in &mut self.histos {
@@ -154,16 +157,16 @@ impl Tally {
                 cumulative += *p;
                 *p = 0;
                 if cumulative > 0 {
-                    host.increment(h.ids[i], to_i64(cumulative));
+                    host.increment(h.metrics[i], to_i64(cumulative));
                 }
             }
-            let n = h.ids.len();
-            host.increment(h.ids[n - 2], to_i64(cumulative));
+            let n = h.metrics.len();
+            host.increment(h.metrics[n - 2], to_i64(cumulative));
             // Whole milliseconds go out; the remainder waits, so the sum never drifts.
             let ms = h.sum_us / 1000;
             h.sum_us %= 1000;
             if ms > 0 {
-                host.increment(h.ids[n - 1], to_i64(ms));
+                host.increment(h.metrics[n - 1], to_i64(ms));
             }
         }
     }
@@ -175,122 +178,112 @@ fn to_i64(n: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-
     use super::*;
-    use crate::host::{Body, LogLevel};
+    use crate::host::fake::FakeHost;
 
-    #[derive(Default)]
-    struct Recorder {
-        defined: RefCell<Vec<String>>,
-        incs: RefCell<Vec<(u32, i64)>>,
-    }
-
-    impl Host for Recorder {
-        fn log(&self, _: LogLevel, _: &str) {}
-        fn now_nanos(&self) -> u64 {
-            0
-        }
-        fn random_u64(&self) -> u64 {
-            0
-        }
-        fn request_headers(&self) -> crate::headers::HeaderBlock {
-            crate::headers::HeaderBlock::default()
-        }
-        fn set_request_header(&self, _: &str, _: &str) {}
-        fn remove_request_header(&self, _: &str) {}
-        fn response_header(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn set_response_header(&self, _: &str, _: &str) {}
-        fn property(&self, _: &[&str]) -> Option<Vec<u8>> {
-            None
-        }
-        fn body(&self, _: Body, _: usize, _: usize) -> Option<Vec<u8>> {
-            None
-        }
-        fn define_metric(&self, _: MetricKind, name: &str) -> Option<u32> {
-            let mut d = self.defined.borrow_mut();
-            d.push(name.to_owned());
-            Some(100 + d.len() as u32)
-        }
-        fn increment(&self, id: u32, by: i64) {
-            self.incs.borrow_mut().push((id, by));
-        }
-        fn record(&self, _: u32, _: u64) {}
-        fn dispatch(
-            &self,
-            _: &str,
-            _: &[(&str, &str)],
-            _: Option<&[u8]>,
-            _: u32,
-        ) -> Result<u32, String> {
-            Err("none".into())
-        }
-        fn call_response_header(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn set_tick_period_ms(&self, _: u32) {}
+    fn names(host: &FakeHost) -> Vec<String> {
+        host.metrics
+            .borrow()
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     #[test]
-    fn counters_are_defined_once_and_sent_as_one_increment() {
-        let host = Recorder::default();
+    fn counters_are_defined_once_and_sent_as_one_increment() -> Result<(), &'static str> {
+        let host = FakeHost::default();
         let mut t = Tally::default();
-        let a = t.counter(&host, "a").unwrap_or(99);
+        let a = t.counter(&host, "a").ok_or("a")?;
         assert_eq!(t.counter(&host, "a"), Some(a));
-        let b = t.counter(&host, "b").unwrap_or(99);
-        assert_eq!(host.defined.borrow().len(), 2);
+        let b = t.counter(&host, "b").ok_or("b")?;
+        assert_eq!(names(&host), ["a", "b"]);
         for _ in 0..1000 {
             t.add(a, 1);
         }
         t.flush(&host);
-        assert_eq!(*host.incs.borrow(), vec![(101, 1000)]);
+        assert_eq!(host.increments_by_name(), [("a".into(), 1000)]);
         t.add(b, 2);
         t.flush(&host);
         t.flush(&host);
-        assert_eq!(host.incs.borrow()[1..], [(102, 2)]);
+        assert_eq!(host.increments_by_name()[1..], [("b".into(), 2)]);
+        Ok(())
     }
 
     #[test]
-    fn histogram_is_cumulative_with_count_and_exact_sum() {
-        let host = Recorder::default();
+    fn nothing_is_sent_until_a_flush_nor_twice() {
+        let host = FakeHost::default();
+        let mut t = Tally::default();
+        let slots: Vec<Slot> = ["x", "y"]
+            .iter()
+            .filter_map(|n| t.counter(&host, n))
+            .collect();
+        for s in &slots {
+            t.add(*s, 3);
+        }
+        assert!(host.increments.borrow().is_empty());
+        t.flush(&host);
+        t.flush(&host);
+        assert_eq!(host.counter("x"), 3);
+        assert_eq!(host.counter("y"), 3);
+        assert_eq!(host.increments.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_refused_definition_is_none_and_retried() {
+        let host = FakeHost::default();
+        let mut t = Tally::default();
+        host.refuse_metrics.set(true);
+        assert_eq!(t.counter(&host, "a"), None);
+        host.refuse_metrics.set(false);
+        assert!(t.counter(&host, "a").is_some());
+    }
+
+    #[test]
+    fn histogram_is_cumulative_with_count_and_exact_sum() -> Result<(), &'static str> {
+        let host = FakeHost::default();
         let mut t = Tally::default();
         let labels: Vec<String> = vec!["0.5".into(), "1".into(), "5".into()];
-        let names = HistoNames {
+        let names_of = HistoNames {
             base: "lat",
             labels: &[("version", "v")],
             bound_labels: &labels,
         };
-        let h = t.histogram(&host, names, &[500, 1000, 5000]).unwrap_or(99);
-        assert_eq!(t.histogram(&host, names, &[500, 1000, 5000]), Some(h));
-        assert_eq!(
-            *host.defined.borrow(),
-            [
-                "lat_bucket.version.v.le.0.5",
-                "lat_bucket.version.v.le.1",
-                "lat_bucket.version.v.le.5",
-                "lat_bucket.version.v.le.+Inf",
-                "lat_count.version.v",
-                "lat_sum.version.v",
-            ]
-        );
+        let h = t
+            .histogram(&host, names_of, &[500, 1000, 5000])
+            .ok_or("h")?;
+        assert_eq!(t.histogram(&host, names_of, &[500, 1000, 5000]), Some(h));
+        let all = [
+            "lat_bucket.version.v.le.0.5",
+            "lat_bucket.version.v.le.1",
+            "lat_bucket.version.v.le.5",
+            "lat_bucket.version.v.le.+Inf",
+            "lat_count.version.v",
+            "lat_sum.version.v",
+        ];
+        assert_eq!(names(&host), all);
         // 0.4 ms, exactly 1 ms (le is inclusive), 3 ms, 9 ms.
         for us in [400, 1000, 3000, 9000] {
             t.observe_us(h, us);
         }
         t.flush(&host);
+        let sent = |counts: &[(usize, i64)]| -> Vec<(String, i64)> {
+            counts
+                .iter()
+                .map(|(i, n)| (all[*i].to_string(), *n))
+                .collect()
+        };
         assert_eq!(
-            *host.incs.borrow(),
-            [(101, 1), (102, 2), (103, 3), (104, 4), (105, 4), (106, 13)]
+            host.increments_by_name(),
+            sent(&[(0, 1), (1, 2), (2, 3), (3, 4), (4, 4), (5, 13)])
         );
-        host.incs.borrow_mut().clear();
+        host.increments.borrow_mut().clear();
         // 0.4 ms carried from the sum above; 0.6 ms more makes one whole millisecond.
         t.observe_us(h, 600);
         t.flush(&host);
         assert_eq!(
-            *host.incs.borrow(),
-            [(102, 1), (103, 1), (104, 1), (105, 1), (106, 1)]
+            host.increments_by_name(),
+            sent(&[(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)])
         );
+        Ok(())
     }
 }

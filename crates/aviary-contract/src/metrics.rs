@@ -26,6 +26,8 @@ pub trait Label: Copy + 'static {
     const KEY: &'static str;
     /// Every value, in `index` order.
     const VALUES: &'static [Self];
+    /// Every value's label string, in `index` order.
+    const NAMES: &'static [&'static str];
     fn index(self) -> usize;
     fn as_str(self) -> &'static str;
 }
@@ -49,6 +51,14 @@ impl<L: Label, T> ByLabel<L, T> {
     pub fn try_from_fn<E>(f: impl FnMut(L) -> Result<T, E>) -> Result<Self, E> {
         Ok(ByLabel {
             values: L::VALUES.iter().copied().map(f).collect::<Result<_, E>>()?,
+            label: PhantomData,
+        })
+    }
+
+    /// One value per label value, in `index` order; `None` if the count is not the label's.
+    pub fn from_vec(values: Vec<T>) -> Option<Self> {
+        (values.len() == L::VALUES.len()).then_some(ByLabel {
+            values,
             label: PhantomData,
         })
     }
@@ -110,6 +120,7 @@ macro_rules! label {
         impl Label for $name {
             const KEY: &'static str = $key;
             const VALUES: &'static [$name] = &$name::ALL;
+            const NAMES: &'static [&'static str] = &[$($value),+];
 
             fn index(self) -> usize {
                 $name::index(self)
@@ -329,6 +340,13 @@ mod tests {
             _ => Ok(1),
         });
         assert_eq!(failed, Err(Comparison::Disagree));
+        assert!(ByLabel::<Comparison, u8>::from_vec(vec![1, 2]).is_none());
+        let v = ByLabel::<Comparison, u8>::from_vec(vec![1, 2, 3]);
+        assert_eq!(v.map(|v| v[Comparison::Scored]), Some(3));
+        assert_eq!(
+            <Comparison as Label>::NAMES,
+            Comparison::ALL.map(Comparison::as_str)
+        );
     }
 
     #[test]

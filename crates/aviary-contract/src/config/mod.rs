@@ -7,6 +7,9 @@ mod error;
 mod read;
 mod schema;
 
+#[cfg(test)]
+mod tests;
+
 pub use crate::units::{percent_to_bps, BUCKETS};
 pub use compile::{
     layout, Compiled, CompiledMetrics, CompiledOverride, CompiledRule, CompiledScores,

@@ -1,6 +1,11 @@
 //! The one seam between Aviary's logic and the proxy: everything the filter asks of Envoy.
 //! `adapter` implements it with proxy-wasm host calls; nothing else imports proxy-wasm.
 
+#[cfg(test)]
+pub mod fake;
+
+use crate::headers::HeaderBlock;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
     Trace,
@@ -18,15 +23,17 @@ pub enum MetricKind {
     Histogram,
 }
 
+/// A metric's id in the host, as `define_metric` returned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostMetric(pub u32);
+
 /// Which body a `body` call reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Body {
     Request,
     Response,
     CallResponse,
 }
-
-use crate::headers::HeaderBlock;
 
 pub trait Host {
     fn log(&self, level: LogLevel, msg: &str);
@@ -42,9 +49,9 @@ pub trait Host {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     fn body(&self, which: Body, start: usize, len: usize) -> Option<Vec<u8>>;
 
-    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32>;
-    fn increment(&self, id: u32, by: i64);
-    fn record(&self, id: u32, value: u64);
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<HostMetric>;
+    fn increment(&self, metric: HostMetric, by: i64);
+    fn record(&self, metric: HostMetric, value: u64);
 
     /// Sends an HTTP call to `cluster`; returns the call's token.
     fn dispatch(

@@ -1,31 +1,35 @@
 //! Shadow mirroring and output comparison.
 //!
-//! Design: an HTTP stream never dispatches a shadow call itself. A call dispatched from a stream's
-//! context is answered to that context, and once the stream has ended its context is gone, so the
-//! answer would be lost (see `../shared/notes/envoy-facts.md`). Instead the stream queues a job in
-//! this per-VM state; the root context drains the queue on its tick and dispatches, so every
-//! answer comes back to the root, which outlives all streams. The primary's outcome and the
-//! shadow's outcome meet in a `Pending` entry keyed by job id, in whichever order they arrive;
-//! the second one to arrive records the comparison and frees the entry. Queue plus pending
-//! entries never exceed `maxInFlight`; beyond it mirroring is skipped and counted.
+//! An HTTP stream never dispatches a shadow call itself: Envoy delivers a call's answer to the
+//! context that dispatched it, and once a stream has ended its context is gone, so the answer
+//! would be lost. Instead the stream queues a job in this per-VM state; the root context
+//! drains the queue on its tick and dispatches, so every answer comes back to the root, which
+//! outlives all streams. The primary's outcome and the shadow's outcome meet in a `Pending`
+//! entry keyed by job id, in whichever order they arrive; the second one to arrive records the
+//! comparison and frees the entry. Queue plus pending entries never exceed `maxInFlight`;
+//! beyond it mirroring is skipped and counted.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::extract::{Fields, Unusable};
-use crate::filter::Active;
-use crate::host::Host;
+use crate::active::{Active, ShadowIds};
+use crate::extract::{self, Fields, Unusable};
+use crate::host::{Body, Host};
 use crate::tally::Tally;
+use aviary_contract::config::CompiledShadow;
 use aviary_contract::metrics::{Comparison, LatencyDirection, ShadowClass, Uncompared};
 
+
 /// One side's result for a mirrored request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub latency_ms: u64,
     pub fields: Result<Fields, Uncompared>,
 }
 
+/// A copy of a request, queued for the root to send to one shadow target.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub id: u64,
     pub target: usize,
@@ -41,6 +45,15 @@ struct Pending {
     primary: Option<Outcome>,
     shadow: Option<Outcome>,
 }
+
+impl Pending {
+    fn ids(&self) -> Option<&ShadowIds> {
+        self.active.ids.shadows.get(self.target)
+    }
+}
+
+/// How long past its timeout an entry may wait for a callback before it is expired.
+const EXPIRY_GRACE_MS: u64 = 5_000;
 
 #[derive(Default)]
 pub struct Shadows {
@@ -107,58 +120,56 @@ impl Shadows {
     pub fn on_tick(&mut self, host: &dyn Host) {
         let now = host.now_nanos();
         while let Some(job) = self.queue.pop_front() {
-            let Some(p) = self.pending.get_mut(&job.id) else {
-                continue;
-            };
-            let Some(s) = p.active.cfg.shadow.as_ref() else {
-                continue;
-            };
-            let t = &s.targets[job.target];
-            let headers: Vec<(&str, &str)> = job
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let ids = &p.active.ids;
-            match host.dispatch(&t.cluster, &headers, job.body.as_deref(), s.timeout_ms) {
-                Ok(token) => {
-                    p.dispatched_ns = now;
-                    self.tally.borrow_mut().add(ids.shadow_sent[job.target], 1);
-                    self.tokens.insert(token, job.id);
-                }
-                Err(_) => {
-                    self.tally.borrow_mut().add(
-                        ids.shadow_uncompared[job.target][Uncompared::DispatchFailed.index()],
-                        1,
-                    );
-                    self.pending.remove(&job.id);
-                }
-            }
+            self.dispatch(host, job, now);
         }
         let expired: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| {
-                let limit = p
-                    .active
-                    .cfg
-                    .shadow
-                    .as_ref()
-                    .map_or(0, |s| u64::from(s.timeout_ms))
-                    + EXPIRY_GRACE_MS;
+                let timeout = p.active.cfg.shadow.as_ref().map_or(0, |s| s.timeout_ms);
+                let limit = u64::from(timeout) + EXPIRY_GRACE_MS;
                 now.saturating_sub(p.created_ns) / 1_000_000 > limit
             })
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(p) = self.pending.remove(&id) {
-                self.tally.borrow_mut().add(
-                    p.active.ids.shadow_uncompared[p.target][Uncompared::Expired.index()],
-                    1,
-                );
+            if let Some(ids) = self.pending.remove(&id).as_ref().and_then(Pending::ids) {
+                self.tally
+                    .borrow_mut()
+                    .add(ids.uncompared[Uncompared::Expired], 1);
             }
         }
         self.tokens.retain(|_, id| self.pending.contains_key(id));
+    }
+
+    fn dispatch(&mut self, host: &dyn Host, job: Job, now: u64) {
+        let Some(p) = self.pending.get_mut(&job.id) else {
+            return;
+        };
+        let active = &p.active;
+        let (Some(s), Some(ids)) = (&active.cfg.shadow, active.ids.shadows.get(job.target)) else {
+            return;
+        };
+        let Some(t) = s.targets.get(job.target) else {
+            return;
+        };
+        let headers: Vec<(&str, &str)> = job
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut tally = self.tally.borrow_mut();
+        match host.dispatch(&t.cluster, &headers, job.body.as_deref(), s.timeout_ms) {
+            Ok(token) => {
+                p.dispatched_ns = now;
+                tally.add(ids.sent, 1);
+                self.tokens.insert(token, job.id);
+            }
+            Err(_) => {
+                tally.add(ids.uncompared[Uncompared::DispatchFailed], 1);
+                self.pending.remove(&job.id);
+            }
+        }
     }
 
     /// Records the primary's outcome for a mirrored request.
@@ -184,7 +195,7 @@ impl Shadows {
             return true;
         };
         let active = p.active.clone();
-        let Some(s) = active.cfg.shadow.as_ref() else {
+        let (Some(s), Some(ids)) = (active.cfg.shadow.as_ref(), p.ids()) else {
             return true;
         };
         let latency_ms = host.now_nanos().saturating_sub(p.dispatched_ns) / 1_000_000;
@@ -202,27 +213,10 @@ impl Shadows {
             None => ShadowClass::Reset,
             Some(st) => ShadowClass::of_status(st),
         };
-        let ids = &p.active.ids;
-        self.tally
-            .borrow_mut()
-            .add(ids.shadow_responses[p.target][class.index()], 1);
+        self.tally.borrow_mut().add(ids.responses[class], 1);
         let fields = match status {
             _ if timed_out => Err(Uncompared::Timeout),
-            Some(200..=299) => match &s.compare {
-                None => Ok(Fields::default()),
-                Some(c) if body_size > c.max_body_bytes as usize => Err(Uncompared::BodyTooLarge),
-                Some(c) => {
-                    let body = host
-                        .body(crate::host::Body::CallResponse, 0, body_size)
-                        .unwrap_or_default();
-                    crate::extract::fields(
-                        &body,
-                        c.label_pointer.as_deref(),
-                        c.score_pointer.as_deref(),
-                    )
-                    .map_err(Unusable::uncompared)
-                }
-            },
+            Some(200..=299) => shadow_fields(host, s, body_size),
             _ => Err(Uncompared::ShadowError),
         };
         p.shadow = Some(Outcome { latency_ms, fields });
@@ -230,6 +224,7 @@ impl Shadows {
         true
     }
 
+    /// Once both outcomes are in: records the latency delta and the comparison, frees the entry.
     fn try_finish(&mut self, host: &dyn Host, id: u64) {
         let ready = self
             .pending
@@ -241,11 +236,9 @@ impl Shadows {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
-        let (Some(primary), Some(shadow)) = (p.primary, p.shadow) else {
+        let (Some(primary), Some(shadow), Some(ids)) = (&p.primary, &p.shadow, p.ids()) else {
             return;
         };
-        let ids = &p.active.ids;
-        let t = p.target;
         let (delta, dir) = if shadow.latency_ms >= primary.latency_ms {
             (
                 shadow.latency_ms - primary.latency_ms,
@@ -257,7 +250,7 @@ impl Shadows {
                 LatencyDirection::Faster,
             )
         };
-        host.record(ids.shadow_latency_delta[t][dir.index()], delta);
+        host.record(ids.latency_delta[dir], delta);
         let compare = p
             .active
             .cfg
@@ -267,37 +260,46 @@ impl Shadows {
         if compare.is_none() {
             return;
         }
-        match (primary.fields, shadow.fields) {
-            (_, Err(reason)) => self
-                .tally
-                .borrow_mut()
-                .add(ids.shadow_uncompared[t][reason.index()], 1),
-            (Err(reason), _) => self
-                .tally
-                .borrow_mut()
-                .add(ids.shadow_uncompared[t][reason.index()], 1),
+        let mut tally = self.tally.borrow_mut();
+        match (&primary.fields, &shadow.fields) {
+            (_, Err(reason)) | (Err(reason), _) => tally.add(ids.uncompared[*reason], 1),
             (Ok(a), Ok(b)) => {
                 if let (Some(x), Some(y)) = (a.score, b.score) {
-                    host.record(
-                        ids.shadow_score_delta[t],
-                        ((x - y).abs() * 1000.0).round() as u64,
-                    );
+                    host.record(ids.score_delta, ((x - y).abs() * 1000.0).round() as u64);
                 }
-                let result = match (a.label, b.label) {
+                let result = match (&a.label, &b.label) {
                     (Some(x), Some(y)) if x == y => Comparison::Agree,
                     (Some(_), Some(_)) => Comparison::Disagree,
                     _ => Comparison::Scored,
                 };
-                self.tally
-                    .borrow_mut()
-                    .add(ids.shadow_comparisons[t][result.index()], 1);
+                tally.add(ids.comparisons[result], 1);
             }
         }
     }
 }
 
-/// How long past its timeout an entry may wait for a callback before it is expired.
-const EXPIRY_GRACE_MS: u64 = 5_000;
+/// The fields of a shadow's 2xx answer, read from the call's body when answers are compared.
+fn shadow_fields(
+    host: &dyn Host,
+    s: &CompiledShadow,
+    body_size: usize,
+) -> Result<Fields, Uncompared> {
+    match &s.compare {
+        None => Ok(Fields::default()),
+        Some(c) if body_size > c.max_body_bytes as usize => Err(Uncompared::BodyTooLarge),
+        Some(c) => {
+            let body = host
+                .body(Body::CallResponse, 0, body_size)
+                .unwrap_or_default();
+            extract::fields(
+                &body,
+                c.label_pointer.as_deref(),
+                c.score_pointer.as_deref(),
+            )
+            .map_err(Unusable::uncompared)
+        }
+    }
+}
 
 /// Hop-by-hop and length headers are not copied: Envoy sets the length from the body.
 pub fn copy_header(name: &str) -> bool {

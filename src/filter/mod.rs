@@ -1,0 +1,12 @@
+//! The filter's behaviour, written against `Host` only: the configuration lifecycle (root)
+//! and the per-request flow (stream). The adapter forwards proxy-wasm callbacks here.
+
+mod mirror;
+mod root;
+mod shared;
+mod stream;
+
+
+pub use root::{Root, SHADOW_TICK_MS, VERSION};
+pub use shared::Shared;
+pub use stream::Stream;
