@@ -90,7 +90,7 @@ fn garbage_is_an_error_with_its_line() {
     for (text, line, needle) in cases {
         let e = parse_prometheus_text(text).expect_err(text);
         assert_eq!(e.line, line, "{text:?}: {e}");
-        assert!(e.message.contains(needle), "{text:?}: {e}");
+        assert!(e.error.to_string().contains(needle), "{text:?}: {e}");
     }
 }
 
@@ -174,5 +174,9 @@ fn nan_counters_are_rejected() {
     let text = "aviary_requests_total{service=\"s\",version=\"v\",reason=\"random\"} NaN\n";
     let samples = parse_prometheus_text(text).expect("parses");
     let err = snapshot_from_samples("s", &samples, 0).expect_err("NaN counter");
-    assert!(err.contains("NaN"), "{err}");
+    assert!(err.to_string().contains("NaN"), "{err}");
+    assert!(
+        matches!(err, aviaryctl::error::SampleError::NaN { .. }),
+        "{err:?}"
+    );
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aviary_contract::units::DIGEST48_MASK;
 use aviary_sim::{free_port, run_load, LoadConfig};
-use aviaryctl::edges::sink::DIGEST48_MASK;
 use aviaryctl::edges::source::{ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource};
 use edges_support::{plugin_config, poll, Rig, TempDir};
 

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use aviary_contract::config::{digest, PluginConfig};
+use aviary_contract::units::DIGEST48_MASK;
 use aviaryctl::core::spec::istio::{FailStrategy, Phase};
 use aviaryctl::edges::sink::{
-    ConfigSink, EcdsFileSink, IstioWasmPluginSink, JsonFileSink, ManifestOutput, DIGEST48_MASK,
+    ConfigSink, EcdsFileSink, IstioWasmPluginSink, JsonFileSink, ManifestOutput,
 };
 use edges_support::openapi::CrdSchema;
 use edges_support::{plugin_config, TempDir};

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use aviary_contract::metrics::ResponseClass;
 use serde::{Deserialize, Serialize};
 
 use crate::core::observe::{Snapshot, VersionMetrics};
@@ -12,9 +13,12 @@ use crate::core::spec::{
     AlphaBudget, CustomGate, DriftGate, DriftMetric, ErrorRateGate, PercentileGate, RolloutSpec,
 };
 use crate::core::stats::{self, MixtureSprt};
+use crate::error::CounterReset;
 
-/// Response classes counted as errors.
-pub const ERROR_CLASSES: [&str; 3] = ["5xx", "local", "reset"];
+/// Whether responses of class `label` count as errors (5xx, local replies, resets).
+fn is_error_class(label: &str) -> bool {
+    ResponseClass::from_label(label).is_some_and(ResponseClass::is_error)
+}
 
 /// A gate's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,14 +108,14 @@ impl Window {
         end: &Snapshot,
         baseline: &str,
         canary: &str,
-    ) -> Result<Window, String> {
+    ) -> Result<Window, CounterReset> {
         Ok(Window {
             from_ms: start.at_ms,
             to_ms: end.at_ms,
             baseline: delta(start.versions.get(baseline), end.versions.get(baseline))
-                .map_err(|e| format!("baseline `{baseline}`: {e}"))?,
+                .map_err(|e| e.within("baseline", baseline))?,
             canary: delta(start.versions.get(canary), end.versions.get(canary))
-                .map_err(|e| format!("canary `{canary}`: {e}"))?,
+                .map_err(|e| e.within("canary", canary))?,
             custom: end.custom.clone(),
         })
     }
@@ -129,9 +133,10 @@ pub fn responses(v: &VersionMetrics) -> u64 {
 
 /// Error responses (5xx, local replies, resets).
 pub fn errors(v: &VersionMetrics) -> u64 {
-    ERROR_CLASSES
+    v.responses
         .iter()
-        .filter_map(|c| v.responses.get(*c))
+        .filter(|(class, _)| is_error_class(class))
+        .map(|(_, n)| n)
         .sum()
 }
 
@@ -141,18 +146,24 @@ pub fn error_rate(v: &VersionMetrics) -> Option<f64> {
     (n > 0).then(|| errors(v) as f64 / n as f64)
 }
 
-fn sub(end: u64, start: u64, what: impl Fn() -> String) -> Result<u64, String> {
+fn sub(end: u64, start: u64, what: impl Fn() -> String) -> Result<u64, CounterReset> {
     end.checked_sub(start)
-        .ok_or_else(|| format!("{} went down from {start} to {end} (counter reset)", what()))
+        .ok_or_else(|| CounterReset::WentDown {
+            counter: what(),
+            from: start,
+            to: end,
+        })
 }
 
 fn sub_map(
     end: &BTreeMap<String, u64>,
     start: &BTreeMap<String, u64>,
     what: &str,
-) -> Result<BTreeMap<String, u64>, String> {
+) -> Result<BTreeMap<String, u64>, CounterReset> {
     if let Some(k) = start.keys().find(|k| !end.contains_key(*k)) {
-        return Err(format!("{what}{{{k}}} disappeared (counter reset)"));
+        return Err(CounterReset::Disappeared {
+            counter: format!("{what}{{{k}}}"),
+        });
     }
     end.iter()
         .map(|(k, &v)| {
@@ -166,12 +177,14 @@ fn sub_bins(
     end: &[(f64, u64)],
     start: &[(f64, u64)],
     what: &str,
-) -> Result<Vec<(f64, u64)>, String> {
+) -> Result<Vec<(f64, u64)>, CounterReset> {
     // Bucket layouts are normally identical, so match by position and fall back to search.
     let same_layout = start.len() == end.len() && start.iter().zip(end).all(|(a, b)| a.0 == b.0);
     if !same_layout {
         if let Some((b, _)) = start.iter().find(|(b, _)| !end.iter().any(|(e, _)| e == b)) {
-            return Err(format!("{what} bucket {b} disappeared (counter reset)"));
+            return Err(CounterReset::Disappeared {
+                counter: format!("{what} bucket {b}"),
+            });
         }
     }
     end.iter()
@@ -191,13 +204,13 @@ fn sub_bins(
 pub fn delta(
     start: Option<&VersionMetrics>,
     end: Option<&VersionMetrics>,
-) -> Result<VersionMetrics, String> {
+) -> Result<VersionMetrics, CounterReset> {
     let zero = VersionMetrics::default();
     let end = match (start, end) {
         (_, Some(e)) => e,
         (None, None) => return Ok(zero),
         (Some(s), None) if *s == zero || (s.requests == 0 && responses(s) == 0) => return Ok(zero),
-        (Some(_), None) => return Err("no longer reported (counter reset or source gap)".into()),
+        (Some(_), None) => return Err(CounterReset::NoLongerReported),
     };
     let start = start.unwrap_or(&zero);
     Ok(VersionMetrics {
@@ -226,13 +239,17 @@ pub fn delta(
 
 /// Errors and responses of one version between two snapshots, without building a full
 /// [`Window`]: the fast path run at every read. `Err` on a counter reset.
-pub fn error_delta(start: &Snapshot, end: &Snapshot, version: &str) -> Result<(u64, u64), String> {
+pub fn error_delta(
+    start: &Snapshot,
+    end: &Snapshot,
+    version: &str,
+) -> Result<(u64, u64), CounterReset> {
     let (s, e) = (start.versions.get(version), end.versions.get(version));
     let Some(e) = e else {
         return match s {
-            Some(s) if s.requests > 0 || responses(s) > 0 => Err(format!(
-                "`{version}` is no longer reported (counter reset or source gap)"
-            )),
+            Some(s) if s.requests > 0 || responses(s) > 0 => Err(CounterReset::VersionGone {
+                version: version.to_string(),
+            }),
             _ => Ok((0, 0)),
         };
     };
@@ -245,12 +262,14 @@ pub fn error_delta(start: &Snapshot, end: &Snapshot, version: &str) -> Result<(u
         let before = s.responses.get(class).copied().unwrap_or(0);
         let d = sub(v, before, || format!("`{version}` responses{{{class}}}"))?;
         n += d;
-        if ERROR_CLASSES.contains(&class.as_str()) {
+        if is_error_class(class) {
             err += d;
         }
     }
     if s.responses.len() > e.responses.len() || e.requests < s.requests {
-        return Err(format!("`{version}` counters went down (counter reset)"));
+        return Err(CounterReset::VersionWentDown {
+            version: version.to_string(),
+        });
     }
     Ok((err, n))
 }

@@ -793,6 +793,7 @@ impl Driver<'_> {
         let window = match (&self.s.window_start, snap) {
             (Some(start), Some(end)) => {
                 Window::between(start, end, &self.spec.spec.baseline, &self.spec.spec.canary)
+                    .map_err(|e| e.to_string())
             }
             (None, Some(_)) => Err("no read since the step began".to_string()),
             (_, None) => Err(self.s.last_source_error.clone().map_or_else(

@@ -1,10 +1,14 @@
-//! Crash-safe file replacement, shared by the state store and the file sinks.
+//! Files: crash-safe replacement (shared by the state store and the file sinks) and reading a
+//! rollout spec.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::core::spec::RolloutSpec;
+use crate::error::Error;
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -78,4 +82,10 @@ pub fn replace_file(path: &Path, bytes: &[u8], durability: Durability) -> io::Re
             Err(e)
         }
     }
+}
+
+/// Reads, parses and validates a rollout spec file.
+pub fn read_spec(path: &Path) -> Result<RolloutSpec, Error> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
+    RolloutSpec::parse(&text)
 }

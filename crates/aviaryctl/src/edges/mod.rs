@@ -3,6 +3,7 @@
 //! crash-safe state store. Edges import only the core (and the shared clock and error).
 
 pub mod fs;
+pub(crate) mod http;
 pub mod sink;
 pub mod source;
 pub mod store;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aviary_contract::config::{digest, parse_and_compile, PluginConfig};
+use aviary_contract::units::{micros, DIGEST48_MASK};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -17,10 +18,6 @@ use crate::edges::fs::{replace_file, Durability};
 use crate::error::Error;
 
 use crate::core::spec::istio::{FailStrategy, Phase, TrafficMode};
-
-/// Mask of the digest bits the plugin exports in the `aviary_config_digest` gauge (Envoy
-/// gauges are integers that Prometheus reads as doubles, exact only to 2^53).
-pub const DIGEST48_MASK: u64 = (1 << 48) - 1;
 
 /// What a write produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,10 +72,6 @@ fn publish(path: &Path, bytes: &[u8], started: Instant) -> Result<Duration, Erro
     replace_file(path, bytes, Durability::VisibleFirst)
         .map(|visible| before + visible)
         .map_err(|e| sink_error(path, e))
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn sink_error(target: &Path, message: impl fmt::Display) -> Error {

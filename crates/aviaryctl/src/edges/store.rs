@@ -315,7 +315,7 @@ impl StateStore {
 
     /// Removes and returns the queued commands in submission order. Unreadable command files
     /// are removed and reported as errors next to the good ones.
-    pub fn drain_commands(&self) -> Result<Vec<Result<QueuedCommand, String>>, Error> {
+    pub fn drain_commands(&self) -> Result<Vec<Result<QueuedCommand, Error>>, Error> {
         let dir = self.commands_dir();
         let entries = fs::read_dir(&dir).map_err(|e| io_error("listing", &dir, e))?;
         let mut paths: Vec<PathBuf> = entries
@@ -329,12 +329,13 @@ impl StateStore {
         paths.sort();
         let mut out = Vec::with_capacity(paths.len());
         for p in paths {
-            let parsed = fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    serde_json::from_slice::<QueuedCommand>(&b).map_err(|e| e.to_string())
-                })
-                .map_err(|e| format!("bad command file {}: {e}", p.display()));
+            let bad = |message: String| Error::Command {
+                path: p.display().to_string(),
+                message,
+            };
+            let parsed = fs::read(&p).map_err(|e| bad(e.to_string())).and_then(|b| {
+                serde_json::from_slice::<QueuedCommand>(&b).map_err(|e| bad(e.to_string()))
+            });
             // Removing before acting means a crash drops the command rather than replaying it
             // after restart, when it may no longer be what the operator wants.
             fs::remove_file(&p).map_err(|e| io_error("removing", &p, e))?;

@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use crate::core::spec::{Event as SpecEvent, HumanDuration, WebhookSpec};
 use crate::core::step::Notification;
+use crate::edges::http::{agent, transport_message};
 use crate::error::Error;
 
 /// The receiver's answer to a confirm-promotion request.
@@ -122,10 +123,7 @@ impl WebhookNotifier {
             url,
             headers: Vec::new(),
             policy,
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(policy.timeout)
-                .timeout(policy.timeout)
-                .build(),
+            agent: agent(policy.timeout),
             events: None,
             metadata: BTreeMap::new(),
         }
@@ -208,9 +206,7 @@ impl WebhookNotifier {
                     Attempt::Fail(msg)
                 }
             }
-            Err(ureq::Error::Transport(t)) => {
-                Attempt::Retry(crate::edges::source::transport_message(&t))
-            }
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(transport_message(&t)),
         }
     }
 

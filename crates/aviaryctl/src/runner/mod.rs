@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use aviary_contract::config::PluginConfig;
+use aviary_contract::units::micros;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -527,7 +528,10 @@ impl Runner {
                 Ok(q) => {
                     self.command(&q)?;
                 }
-                Err(msg) => self.log("warn", "bad_command", &msg, json!({"error": msg})),
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.log("warn", "bad_command", &msg, json!({"error": msg}))
+                }
             }
         }
         Ok(())
@@ -943,10 +947,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Promote { to_full: true } => "promote --full",
         Command::Abort { .. } => "abort",
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The config a rollout state wants in place, as `aviaryctl render-istio` and the offline

@@ -1,6 +1,33 @@
-//! The fields of an Istio `WasmPlugin` that the spec and the sink share.
+//! Istio types: the `WasmPlugin` a spec may name as a sink, and the enums of its manifest that
+//! the spec and the sink share.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// An Istio `WasmPlugin` resource written to a file (applied by GitOps or `kubectl apply`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioWasmPlugin {
+    pub path: String,
+    #[serde(default = "super::default_filter_name")]
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// `spec.url` of the WasmPlugin, e.g. `oci://registry/aviary:1.0`.
+    pub image: String,
+    /// `spec.selector.matchLabels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// `spec.match[].mode`: `CLIENT` (default: callers' sidecars and gateways, where Istio picks
+    /// the subset), `SERVER` or `CLIENT_AND_SERVER`.
+    #[serde(default)]
+    pub mode: TrafficMode,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
 
 /// `spec.failStrategy` of a WasmPlugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
