@@ -85,4 +85,45 @@ mod tests {
         assert_eq!(v.cookie("sess"), None);
         assert_eq!(v.header("x-region"), Some("eu"));
     }
+
+    #[test]
+    fn cookies() {
+        let v = view(&[
+            ("cookie", "a=1;b=x=y"),
+            ("Cookie", " session=abc ;  Theme=dark"),
+        ]);
+        assert_eq!(v.cookie("a"), Some("1"));
+        assert_eq!(v.cookie("b"), Some("x=y"), "split at the first `=`");
+        assert_eq!(
+            v.cookie("session"),
+            Some("abc"),
+            "a second header, spaces trimmed"
+        );
+        assert_eq!(v.cookie("theme"), None, "names are case-sensitive");
+        assert_eq!(v.cookie("Theme"), Some("dark"));
+        assert_eq!(view(&[]).cookie("a"), None);
+    }
+
+    #[test]
+    fn query_and_path() {
+        let v = view(&[(":path", "/a/b?flag&x=1&x=2&e=#x=3")]);
+        assert_eq!(v.path(), Some("/a/b"));
+        assert_eq!(v.query("flag"), Some(""));
+        assert_eq!(v.query("x"), Some("1"), "the first occurrence");
+        assert_eq!(v.query("e"), Some(""));
+        let plain = view(&[(":path", "/a")]);
+        assert_eq!(plain.path(), Some("/a"));
+        assert_eq!(plain.query("a"), None);
+        assert_eq!(view(&[]).path(), None);
+    }
+
+    #[test]
+    fn sources() {
+        let v = view(&[(":path", "/v2/x?m=1"), ("cookie", "c=2"), ("x-h", "3")]);
+        assert_eq!(v.get(&Source::Path), Some("/v2/x"));
+        assert_eq!(v.get(&Source::Query("m".into())), Some("1"));
+        assert_eq!(v.get(&Source::Cookie("c".into())), Some("2"));
+        assert_eq!(v.get(&Source::Header("X-H".into())), Some("3"));
+        assert_eq!(v.get(&Source::Header("x-none".into())), None);
+    }
 }

@@ -140,3 +140,157 @@ pub fn decide(
     d.reason = reason;
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use aviary_contract::config::{parse_and_compile, ConfigError};
+
+    const VERSIONS: &str =
+        r#""versions":[{"name":"stable","weight":9000},{"name":"canary","weight":1000}]"#;
+
+    fn cfg(rest: &str) -> Result<Compiled, ConfigError> {
+        parse_and_compile(format!("{{{VERSIONS}{rest}}}").as_bytes())
+    }
+
+    fn decide_from(cfg: &Compiled, headers: &[(&str, &str)], ip: [u8; 4]) -> Decision {
+        let req = RequestView::from_pairs(headers);
+        let mut source = || Some(IpAddr::V4(Ipv4Addr::from(ip)));
+        decide(cfg, &req, &mut source, &mut SplitMix64::new(1))
+    }
+
+    const ALL: &str = r#","sticky":{"keys":[{"header":"x-user-id"}]},
+        "override":{"header":"x-force","trustedCidrs":["10.0.0.0/8"]},
+        "rules":[{"name":"beta","match":[{"header":"x-beta","present":true}],"version":"canary"},
+                 {"name":"eu","match":[{"header":"x-region","exact":"eu"}],"version":"stable"},
+                 {"name":"none","match":[{"header":"x-region","present":true}],"version":"canary","share":0}]"#;
+
+    #[test]
+    fn kill_switch_then_override_then_rules_then_weights() -> Result<(), ConfigError> {
+        let c = cfg(ALL)?;
+        let at = |h: &[(&str, &str)], ip| {
+            let d = decide_from(&c, h, ip);
+            (d.version, d.reason, d.override_rejected)
+        };
+        let trusted = [10, 1, 2, 3];
+        let outside = [192, 168, 0, 1];
+        let both = [("x-force", "stable"), ("x-beta", "1")];
+        assert_eq!(at(&both, trusted), (0, Reason::Override, false));
+        assert_eq!(at(&both, outside), (1, Reason::Rule(0), true));
+        assert_eq!(at(&[("x-force", "v9")], trusted), (0, Reason::Random, true));
+        let eu = [("x-region", "eu"), ("x-beta", "1")];
+        assert_eq!(
+            at(&eu, outside),
+            (1, Reason::Rule(0), false),
+            "rules in order"
+        );
+        let d = at(&[("x-region", "us"), ("x-user-id", "u1")], outside);
+        assert_eq!(d.1, Reason::Sticky, "a share of 0 never applies");
+        let killed = cfg(&format!(r#"{ALL},"killSwitch":"stable""#))?;
+        let d = decide_from(&killed, &both, trusted);
+        assert_eq!((d.version, d.reason), (0, Reason::KillSwitch));
+        Ok(())
+    }
+
+    #[test]
+    fn reasons_map_to_their_labels() {
+        assert_eq!(Reason::Rule(3).label(), DecisionReason::Rule);
+        assert_eq!(Reason::KillSwitch.label(), DecisionReason::KillSwitch);
+        assert_eq!(Reason::Random.label().as_str(), "random");
+    }
+
+    #[test]
+    fn sticky_keys_are_tried_in_order_and_empty_ones_skipped() -> Result<(), ConfigError> {
+        let c = cfg(
+            r#","sticky":{"keys":[{"header":"x-user-id"},{"cookie":"session"},{"query":"u"}]}"#,
+        )?;
+        let key =
+            |h: &[(&str, &str)]| sticky_key(&c, &RequestView::from_pairs(h)).map(String::from);
+        assert_eq!(
+            key(&[("x-user-id", "a"), ("cookie", "session=b")]),
+            Some("a".into())
+        );
+        assert_eq!(
+            key(&[("x-user-id", ""), ("cookie", "session=b")]),
+            Some("b".into())
+        );
+        assert_eq!(key(&[(":path", "/p?u=c")]), Some("c".into()));
+        assert_eq!(key(&[(":path", "/p?v=c")]), None);
+        for user in ["u1", "u2", "user-7", "\u{e9}"] {
+            let d = decide_from(&c, &[("x-user-id", user)], [0; 4]);
+            let b = bucket(user.as_bytes(), 0);
+            assert_eq!(d.version, version_for_bucket(&c.layout, b));
+            assert_eq!(d.reason, Reason::Sticky);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shares_are_all_none_or_by_key() {
+        let mut rng = SplitMix64::new(3);
+        assert!(in_share(BUCKETS, 0, None, &mut rng));
+        assert!(!in_share(0, 0, Some("k"), &mut rng));
+        let inside = (0..1000)
+            .filter(|i| in_share(2500, 9, Some(&format!("user-{i}")), &mut rng))
+            .count();
+        assert!(
+            (180..320).contains(&inside),
+            "{inside} of 1000 in a 25% share"
+        );
+        let k = Some("user-1");
+        assert_eq!(
+            in_share(2500, 9, k, &mut rng),
+            in_share(2500, 9, k, &mut rng)
+        );
+    }
+
+    /// As weights ramp up, a bucket held by any candidate stays with a candidate; the first
+    /// candidate keeps its buckets as its weight grows; a later one keeps its buckets while the
+    /// weights listed before it stay the same.
+    #[test]
+    fn layout_ramp_is_monotone() -> Result<(), ConfigError> {
+        let three = |b: u32, c: u32| {
+            parse_and_compile(
+                format!(
+                    r#"{{"versions":[{{"name":"a","weight":{}}},{{"name":"b","weight":{b}}},{{"name":"c","weight":{c}}}]}}"#,
+                    BUCKETS - b - c
+                )
+                .as_bytes(),
+            )
+        };
+        let steps = [
+            (0, 0),
+            (100, 0),
+            (500, 100),
+            (500, 300),
+            (1000, 300),
+            (2500, 2500),
+            (2500, 7500),
+        ];
+        let mut before: Option<(u32, Vec<usize>)> = None;
+        for (b, c) in steps {
+            let layout = three(b, c)?.layout;
+            let owner: Vec<usize> = (0..BUCKETS)
+                .map(|k| version_for_bucket(&layout, k))
+                .collect();
+            assert_eq!(owner.iter().filter(|v| **v == 1).count(), b as usize);
+            assert_eq!(owner.iter().filter(|v| **v == 2).count(), c as usize);
+            if let Some((prev_b, prev)) = &before {
+                for (p, n) in prev.iter().zip(&owner) {
+                    assert!(
+                        *p == 0 || *n != 0,
+                        "a candidate bucket went to the baseline"
+                    );
+                    assert!(*p != 1 || *n == 1, "the first candidate lost a bucket");
+                    if *prev_b == b {
+                        assert!(*p != 2 || *n == 2, "the second candidate lost a bucket");
+                    }
+                }
+            }
+            before = Some((b, owner));
+        }
+        Ok(())
+    }
+}

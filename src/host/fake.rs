@@ -114,6 +114,15 @@ impl FakeHost {
             .sum()
     }
 
+    /// The sum of every increment sent to the metrics whose names start with `prefix`.
+    pub fn counter_sum(&self, prefix: &str) -> i64 {
+        self.increments_by_name()
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// Every value recorded to the metric named `name`.
     pub fn recorded(&self, name: &str) -> Vec<u64> {
         let Some(id) = self.metric(name) else {

@@ -20,6 +20,8 @@ use crate::tally::Tally;
 use aviary_contract::config::CompiledShadow;
 use aviary_contract::metrics::{Comparison, LatencyDirection, ShadowClass, Uncompared};
 
+#[cfg(test)]
+mod tests;
 
 /// One side's result for a mirrored request.
 #[derive(Debug, Clone, PartialEq)]
