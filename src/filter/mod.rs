@@ -6,6 +6,8 @@ mod root;
 mod shared;
 mod stream;
 
+#[cfg(test)]
+mod tests;
 
 pub use root::{Root, SHADOW_TICK_MS, VERSION};
 pub use shared::Shared;
