@@ -58,7 +58,16 @@
 //!     .with_cluster("ml-shadow")
 //!     .with_random_seed(7);
 //! host.start_vm()?;
-//! host.configure(r#"{"routes": []}"#)?.expect_ok()?;
+//! // Aviary's plugin config (README, "Configuration"): everyone to `canary`, every request
+//! // mirrored to the `ml-shadow` cluster, counts sent to the host on every tick.
+//! host.configure(
+//!     r#"{"service": "recsys",
+//!         "versions": [{"name": "stable", "weight": 0}, {"name": "canary", "weight": 10000}],
+//!         "sticky": {"keys": [{"header": "x-user-id"}]},
+//!         "shadow": {"targets": [{"version": "canary-shadow", "cluster": "ml-shadow"}], "share": 10000},
+//!         "metrics": {"flushIntervalMs": 5}}"#,
+//! )?
+//! .expect_ok()?;
 //!
 //! let s = host.http_stream()?;
 //! s.request_headers(
@@ -70,9 +79,12 @@
 //! s.response_headers(&[(":status", "200")], true).expect_continue()?;
 //! s.finish()?; // on_done, on_log, on_delete
 //!
-//! assert_eq!(host.counter("aviary_requests_total"), Some(1));
+//! // The tick sends the batched counts and dispatches the shadow copy.
+//! host.allow(Category::HttpCall);
 //! host.advance_clock(std::time::Duration::from_millis(5));
 //! host.tick()?;
+//! let requests = "aviary_requests_total.service.recsys.version.canary.reason.sticky";
+//! assert_eq!(host.counter(requests), Some(1));
 //! if let Some(call) = host.last_call() {
 //!     host.respond_to_call(call.token, 200, &[], "ok")?;
 //! }
