@@ -21,7 +21,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("report", &["core", "error"]),
     ("runner", &["core", "edges", "report", "error", "clock"]),
     // The binary's subcommands (`main.rs` and `cmd/`) sit on top of everything.
-    ("cmd", &["core", "edges", "report", "runner", "error", "clock"]),
+    (
+        "cmd",
+        &["core", "edges", "report", "runner", "error", "clock"],
+    ),
 ];
 
 /// Paths that would mean I/O, threads or wall-clock time in `core`.
@@ -268,10 +271,8 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
 
 #[test]
 fn no_module_imports_itself_through_others() {
-    let graph: BTreeMap<String, BTreeSet<String>> = modules()
-        .into_iter()
-        .map(|(n, m)| (n, m.deps))
-        .collect();
+    let graph: BTreeMap<String, BTreeSet<String>> =
+        modules().into_iter().map(|(n, m)| (n, m.deps)).collect();
     let found = cycles(&graph);
     assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
 }

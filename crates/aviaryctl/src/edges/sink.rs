@@ -69,9 +69,17 @@ pub fn validated_json(cfg: &PluginConfig) -> Result<String, Error> {
 /// repaired by the driver, which re-asserts the config when it starts.
 fn publish(path: &Path, bytes: &[u8], started: Instant) -> Result<Duration, Error> {
     let before = started.elapsed();
-    replace_file(path, bytes, Durability::VisibleFirst)
+    let visible = replace_file(path, bytes, Durability::VisibleFirst)
         .map(|visible| before + visible)
-        .map_err(|e| sink_error(path, e))
+        .map_err(|e| sink_error(path, e))?;
+    tracing::debug!(
+        path = %path.display(),
+        bytes = bytes.len(),
+        visible_us = micros(visible),
+        durable_us = micros(started.elapsed()),
+        "sink file replaced"
+    );
+    Ok(visible)
 }
 
 fn sink_error(target: &Path, message: impl fmt::Display) -> Error {

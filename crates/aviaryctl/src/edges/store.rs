@@ -217,6 +217,7 @@ impl StateStore {
             .set_len(0)
             .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
             .and_then(|()| file.flush());
+        tracing::debug!(path = %path.display(), "took the rollout lock");
         Ok(StateLock { file, path })
     }
 
@@ -258,6 +259,7 @@ impl StateStore {
         } else {
             Durability::Atomic
         };
+        tracing::trace!(path = %path.display(), durable, bytes = bytes.len(), "saving the state");
         replace_file(&path, &bytes, durability)
             .map(|_| ())
             .map_err(|e| io_error("writing", &path, e))

@@ -222,7 +222,10 @@ impl WebhookNotifier {
             match self.attempt(body) {
                 Attempt::Done(status, text) => return Ok((status, text)),
                 Attempt::Fail(msg) => return Err(self.error(msg)),
-                Attempt::Retry(msg) => last = msg,
+                Attempt::Retry(msg) => {
+                    tracing::debug!(webhook = %self.name, attempt = n, error = %msg, "webhook attempt failed");
+                    last = msg
+                }
             }
             if n == attempts || started.elapsed() + backoff >= self.policy.deadline {
                 break;

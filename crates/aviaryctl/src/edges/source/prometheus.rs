@@ -118,6 +118,7 @@ impl PrometheusSource {
                 return Err(source_error(endpoint, transport_message(&t)))
             }
         };
+        tracing::trace!(endpoint, promql, bytes = body.len(), "queried Prometheus");
         let v: Value = serde_json::from_str(&body)
             .map_err(|e| source_error(endpoint, format!("not JSON: {e}")))?;
         if v["status"] != "success" {

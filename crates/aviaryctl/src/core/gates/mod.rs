@@ -1,0 +1,260 @@
+//! The gates: each judges a [`Window`] (the difference of two snapshots) for the canary
+//! against the baseline and returns a [`GateResult`] with verdict pass, fail or inconclusive,
+//! the values it saw and its test statistic. Missing or insufficient data is inconclusive;
+//! nothing here ever passes without samples.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::spec::{AlphaBudget, DriftMetric, RolloutSpec};
+use crate::core::stats;
+
+mod custom;
+mod drift;
+mod error_rate;
+mod latency;
+mod shadow;
+mod window;
+
+pub use custom::custom;
+pub use drift::{aligned_bins, divergence, drift};
+pub use error_rate::{error_rate_gate, fast_error_breach, ErrorTests};
+pub use latency::{latency_regression, latency_slo};
+pub use shadow::shadow_agreement;
+pub use window::{delta, error_delta, error_rate, errors, responses, Window};
+
+/// A gate's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Not enough (or no) data to tell; holds the step.
+    Inconclusive,
+}
+
+/// What one gate (one test) saw and decided, as recorded in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GateResult {
+    /// Test name, e.g. `errorRate.relative`, `latency.p95.regression`, `drift`, `custom.ctr`.
+    pub gate: String,
+    pub verdict: Verdict,
+    /// Observed values (finite only), e.g. `canary`, `baseline`, `ratio`, `canaryN`.
+    pub observed: BTreeMap<String, f64>,
+    /// The test statistic compared with `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// One sentence a person can read.
+    pub reason: String,
+    /// The look index whose alpha share this evaluation spent, for alpha-spending tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub look: Option<u32>,
+}
+
+impl GateResult {
+    fn new(gate: impl Into<String>, verdict: Verdict, reason: impl Into<String>) -> Self {
+        GateResult {
+            gate: gate.into(),
+            verdict,
+            observed: BTreeMap::new(),
+            statistic: None,
+            threshold: None,
+            reason: reason.into(),
+            look: None,
+        }
+    }
+
+    fn with(mut self, key: &str, value: f64) -> Self {
+        if value.is_finite() {
+            self.observed.insert(key.to_string(), value);
+        }
+        self
+    }
+
+    fn stat(mut self, statistic: f64, threshold: f64) -> Self {
+        self.statistic = statistic.is_finite().then_some(statistic);
+        self.threshold = threshold.is_finite().then_some(threshold);
+        self
+    }
+
+    fn look(mut self, look: u32) -> Self {
+        self.look = Some(look);
+        self
+    }
+
+    /// An inconclusive result for missing data.
+    pub fn missing(gate: impl Into<String>, why: impl Into<String>) -> Self {
+        GateResult::new(gate, Verdict::Inconclusive, why)
+    }
+}
+
+/// Everything a regular evaluation needs besides the window.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub spec: &'a RolloutSpec,
+    pub budget: AlphaBudget,
+    /// Minimum samples per version.
+    pub min_samples: u64,
+    /// The last step before full promotion: a point estimate beyond a limit holds even when
+    /// it is not significant. Earlier steps pass it on to the next step, which has more
+    /// traffic to judge it.
+    pub strict: bool,
+}
+
+impl<'a> Context<'a> {
+    /// The parameters of look `index` of a test with budget `alpha`.
+    pub fn look(&self, alpha: f64, index: u32) -> Look {
+        Look {
+            alpha,
+            index,
+            min_samples: self.min_samples,
+            strict: self.strict,
+        }
+    }
+
+    /// The context for `spec`.
+    pub fn new(spec: &'a RolloutSpec) -> Self {
+        Context {
+            spec,
+            budget: spec.alpha_budget(),
+            min_samples: spec.spec.analysis.min_samples,
+            strict: false,
+        }
+    }
+}
+
+/// How one alpha-spending test is run at this look.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Look {
+    /// The test's share of the false-fail budget.
+    pub alpha: f64,
+    /// 1-based look index; look `k` spends `α·6/(π²k²)`.
+    pub index: u32,
+    /// Minimum samples per version.
+    pub min_samples: u64,
+    /// See [`Context::strict`].
+    pub strict: bool,
+}
+
+fn next_look(looks: &BTreeMap<String, u32>, gate: &str) -> u32 {
+    looks.get(gate).copied().unwrap_or(0) + 1
+}
+
+/// Records the looks spent by `results` into `looks`.
+pub fn spend_looks(looks: &mut BTreeMap<String, u32>, results: &[GateResult]) {
+    for r in results {
+        if let Some(k) = r.look {
+            looks.insert(r.gate.clone(), k);
+        }
+    }
+}
+
+/// Evaluates every live-traffic gate on the step window. `looks` holds the looks spent so far
+/// per test; apply [`spend_looks`] to the results to advance it.
+pub fn evaluate(
+    ctx: &Context<'_>,
+    window: &Window,
+    tests: &ErrorTests,
+    looks: &BTreeMap<String, u32>,
+) -> Vec<GateResult> {
+    let g = &ctx.spec.spec.analysis.gates;
+    let mut out = Vec::new();
+    if let Some(e) = &g.error_rate {
+        out.extend(error_rate_gate(
+            e,
+            window,
+            tests,
+            &ctx.budget,
+            ctx.min_samples,
+            ctx.strict,
+        ));
+    }
+    if let Some(l) = &g.latency {
+        for (label, q, p) in l.percentiles() {
+            let (a_slo, a_reg) = ctx.budget.latency.get(label).copied().unwrap_or((0.0, 0.0));
+            if p.max_ms.is_some() {
+                let name = format!("latency.{label}.slo");
+                let look = ctx.look(a_slo, next_look(looks, &name));
+                out.push(latency_slo(&name, q, p, window, look));
+            }
+            if p.max_regression.is_some() {
+                let name = format!("latency.{label}.regression");
+                let look = ctx.look(a_reg, next_look(looks, &name));
+                out.push(latency_regression(&name, q, p, window, look));
+            }
+        }
+    }
+    if let Some(d) = &g.drift {
+        let look = ctx.look(ctx.budget.drift, next_look(looks, "drift"));
+        out.push(drift(d, window, look));
+    }
+    for c in &g.custom {
+        out.push(custom(c, window));
+    }
+    out
+}
+
+/// A limit exceeded by the point estimate without significance: holds at the last step,
+/// passes earlier (see [`Context::strict`]).
+fn unproven(strict: bool, what: String) -> (Verdict, String) {
+    if strict {
+        (
+            Verdict::Inconclusive,
+            format!("{what}, not yet significantly; holding before promotion"),
+        )
+    } else {
+        (
+            Verdict::Pass,
+            format!("{what}, not significantly; the next step judges it on more traffic"),
+        )
+    }
+}
+
+/// Values charted in the report for one evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricPoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<f64>,
+    pub baseline_n: u64,
+    pub canary_n: u64,
+}
+
+/// The charted values of a window (drift with the spec's metric, PSI by default).
+pub fn metric_point(spec: &RolloutSpec, window: &Window) -> MetricPoint {
+    let finite = |x: Option<f64>| x.filter(|v| v.is_finite());
+    let metric = spec
+        .spec
+        .analysis
+        .gates
+        .drift
+        .as_ref()
+        .map_or(DriftMetric::Psi, |d| d.metric);
+    MetricPoint {
+        baseline_error_rate: finite(error_rate(&window.baseline)),
+        canary_error_rate: finite(error_rate(&window.canary)),
+        baseline_p95_ms: finite(stats::histogram_quantile(
+            0.95,
+            &window.baseline.latency_buckets,
+        )),
+        canary_p95_ms: finite(stats::histogram_quantile(
+            0.95,
+            &window.canary.latency_buckets,
+        )),
+        drift: finite(divergence(metric, window)),
+        baseline_n: responses(&window.baseline),
+        canary_n: responses(&window.canary),
+    }
+}
