@@ -118,19 +118,10 @@ impl Mirror {
         let (Some(s), Some(copy)) = (&active.cfg.shadow, self.copy.take()) else {
             return;
         };
-        let mut shadows = shared.shadows.borrow_mut();
         if copy.body.overflowed {
-            for (id, t) in self.jobs.drain(..) {
-                shadows.cancel(id);
-                if let Some(ids) = active.ids.shadows.get(t) {
-                    shared
-                        .tally
-                        .borrow_mut()
-                        .add(ids.uncompared[Uncompared::BodyTooLarge], 1);
-                }
-            }
-            return;
+            return self.release(active, shared, Uncompared::BodyTooLarge);
         }
+        let mut shadows = shared.shadows.borrow_mut();
         let body = (!copy.body.data.is_empty()).then_some(copy.body.data);
         for (id, t) in &self.jobs {
             let Some(target) = s.targets.get(*t) else {
@@ -163,16 +154,7 @@ impl Mirror {
     /// are released; comparisons still waiting get a failed primary.
     pub fn on_log(&mut self, host: &dyn Host, active: &Active, shared: &Shared, elapsed_ms: u64) {
         if self.copy.take().is_some() {
-            let mut shadows = shared.shadows.borrow_mut();
-            for (id, t) in self.jobs.drain(..) {
-                shadows.cancel(id);
-                if let Some(ids) = active.ids.shadows.get(t) {
-                    shared
-                        .tally
-                        .borrow_mut()
-                        .add(ids.uncompared[Uncompared::PrimaryError], 1);
-                }
-            }
+            self.release(active, shared, Uncompared::PrimaryError);
         }
         if self.is_pending() {
             let outcome = Outcome {
@@ -180,6 +162,19 @@ impl Mirror {
                 fields: Err(Uncompared::PrimaryError),
             };
             self.primary_done(host, shared, outcome);
+        }
+    }
+}
+
+impl Mirror {
+    /// Gives back the reservations of copies that will never be sent, counting why.
+    fn release(&mut self, active: &Active, shared: &Shared, reason: Uncompared) {
+        let mut shadows = shared.shadows.borrow_mut();
+        for (id, t) in self.jobs.drain(..) {
+            shadows.cancel(id);
+            if let Some(ids) = active.ids.shadows.get(t) {
+                shared.tally.borrow_mut().add(ids.uncompared[reason], 1);
+            }
         }
     }
 }

@@ -306,49 +306,36 @@ fn a_mirrored_request_is_sent_from_the_root_and_compared() -> TestResult {
     Ok(())
 }
 
+/// A request that never completes, or whose body is over the limit, is never copied: its
+/// reservation is given back and counted by reason.
 #[test]
-fn a_request_that_never_completes_releases_its_copies() -> TestResult {
-    let host = FakeHost::default();
-    let mut r = root(&host, SHADOW)?;
-    let mut s = r.new_stream();
-    s.on_request_headers(&host, false);
-    assert_eq!(r.shared.shadows.borrow().in_flight(), 1);
-    s.on_log(&host);
-    r.on_tick(&host);
-    assert!(host.dispatches.borrow().is_empty());
-    assert_eq!(r.shared.shadows.borrow().in_flight(), 0);
-    let n = count(
-        &host,
-        &r,
-        metrics::SHADOW_UNCOMPARED,
-        "v2",
-        &[("reason", "primary_error")],
-    );
-    assert_eq!(n, 1);
-    Ok(())
-}
-
-#[test]
-fn a_copy_over_the_body_limit_is_not_sent() -> TestResult {
-    let host = FakeHost::default();
-    let mut r = root(
-        &host,
-        r#","shadow":{"targets":[{"version":"v2","cluster":"c"}],"share":10000,"maxBodyBytes":4}"#,
-    )?;
-    let mut s = r.new_stream();
-    s.on_request_headers(&host, false);
-    host.set_body(Body::Request, b"too long");
-    s.on_request_body(&host, 8, true);
-    r.on_tick(&host);
-    assert!(host.dispatches.borrow().is_empty());
-    let n = count(
-        &host,
-        &r,
-        metrics::SHADOW_UNCOMPARED,
-        "v2",
-        &[("reason", "body_too_large")],
-    );
-    assert_eq!(n, 1);
+fn copies_never_sent_release_their_slots() -> TestResult {
+    let limited =
+        r#","shadow":{"targets":[{"version":"v2","cluster":"c"}],"share":10000,"maxBodyBytes":4}"#;
+    let cases: [(&str, Option<&[u8]>, &str); 2] = [
+        (SHADOW, None, "primary_error"),
+        (limited, Some(b"too long"), "body_too_large"),
+    ];
+    for (cfg, body, reason) in cases {
+        let host = FakeHost::default();
+        let mut r = root(&host, cfg)?;
+        let mut s = r.new_stream();
+        s.on_request_headers(&host, false);
+        assert_eq!(r.shared.shadows.borrow().in_flight(), 1);
+        match body {
+            Some(b) => {
+                host.set_body(Body::Request, b);
+                s.on_request_body(&host, b.len(), true);
+            }
+            None => s.on_log(&host),
+        }
+        r.on_tick(&host);
+        assert!(host.dispatches.borrow().is_empty());
+        assert_eq!(r.shared.shadows.borrow().in_flight(), 0);
+        let uncompared = metrics::SHADOW_UNCOMPARED;
+        let n = count(&host, &r, uncompared, "v2", &[("reason", reason)]);
+        assert_eq!(n, 1, "{reason}");
+    }
     Ok(())
 }
 
