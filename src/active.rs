@@ -205,6 +205,7 @@ impl Definer<'_> {
         labels: &[(&str, &str)],
     ) -> Result<ByLabel<L, Slot>, ConfigError> {
         let slots = self.counters(base, labels, L::KEY, L::NAMES)?;
+        // Cannot fail: `counters` gives one slot per name of `L`.
         ByLabel::from_vec(slots).ok_or_else(|| refused(base))
     }
 
