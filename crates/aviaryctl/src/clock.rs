@@ -49,11 +49,6 @@ impl ManualClock {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.now.fetch_add(ms, Ordering::SeqCst);
     }
-
-    /// Sets the time.
-    pub fn set_ms(&self, ms: u64) {
-        self.now.store(ms, Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {

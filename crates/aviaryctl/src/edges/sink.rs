@@ -92,6 +92,9 @@ fn sink_error(target: &Path, message: impl fmt::Display) -> Error {
 // ---------------------------------------------------------------------------------------------
 // ECDS file
 
+/// The plugin's root id (its `root_id` in Envoy, `pluginName` in Istio).
+const ROOT_ID: &str = "aviary";
+
 /// Writes the filter's ECDS resource file, which Envoy watches through a
 /// `config_discovery: {config_source: {path_config_source: {path}}}` listing. The file is
 /// replaced by rename (Envoy does not reliably see in-place edits), and only the plugin JSON
@@ -100,8 +103,6 @@ fn sink_error(target: &Path, message: impl fmt::Display) -> Error {
 pub struct EcdsFileSink {
     path: PathBuf,
     filter_name: String,
-    root_id: String,
-    vm_id: String,
     wasm_path: String,
 }
 
@@ -116,40 +117,18 @@ impl EcdsFileSink {
         let filter_name = filter_name.into();
         EcdsFileSink {
             path: path.into(),
-            root_id: "aviary".into(),
-            vm_id: String::new(),
             filter_name,
             wasm_path: wasm_path.into(),
         }
     }
 
-    /// Sets the plugin root id (default `aviary`).
-    pub fn root_id(mut self, root_id: impl Into<String>) -> Self {
-        self.root_id = root_id.into();
-        self
-    }
-
-    /// Sets the VM id (default empty: one VM per module).
-    pub fn vm_id(mut self, vm_id: impl Into<String>) -> Self {
-        self.vm_id = vm_id.into();
-        self
-    }
-
-    /// The file written.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The ECDS resource document for a plugin JSON string. JSON is also YAML, so the same
     /// text serves a `.json` or a `.yaml` path.
     pub fn render(&self, plugin_json: &str) -> Value {
-        let mut vm_config = json!({
+        let vm_config = json!({
             "runtime": "envoy.wasm.runtime.v8",
             "code": {"local": {"filename": self.wasm_path}},
         });
-        if !self.vm_id.is_empty() {
-            vm_config["vm_id"] = json!(self.vm_id);
-        }
         json!({
             "resources": [{
                 "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
@@ -158,7 +137,7 @@ impl EcdsFileSink {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                     "config": {
                         "name": self.filter_name,
-                        "root_id": self.root_id,
+                        "root_id": ROOT_ID,
                         "vm_config": vm_config,
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -319,7 +298,7 @@ impl IstioWasmPluginSink {
             priority: None,
             selector: BTreeMap::new(),
             mode: TrafficMode::default(),
-            plugin_name: "aviary".into(),
+            plugin_name: ROOT_ID.into(),
             output,
         }
     }

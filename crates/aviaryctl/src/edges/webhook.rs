@@ -158,11 +158,6 @@ impl WebhookNotifier {
         self
     }
 
-    /// The target URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     fn error(&self, message: String) -> Error {
         Error::Webhook {
             name: self.name.clone(),

@@ -22,7 +22,6 @@ const ENVOY_PREFIX: &str = r"^wasmcustom\.";
 #[derive(Debug, Clone)]
 pub struct EnvoyAdminSource {
     endpoints: Vec<String>,
-    timeout: Duration,
     agent: ureq::Agent,
 }
 
@@ -42,19 +41,8 @@ impl EnvoyAdminSource {
                 .into_iter()
                 .map(|e| trim_base(&e.into()))
                 .collect(),
-            timeout,
             agent: agent(timeout),
         }
-    }
-
-    /// The admin base URLs.
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
-    }
-
-    /// The request timeout.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     fn scrape(&self, endpoint: &str, filter: &str) -> Result<Vec<Sample>, Error> {
