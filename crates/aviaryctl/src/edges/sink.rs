@@ -122,6 +122,11 @@ impl EcdsFileSink {
         }
     }
 
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The ECDS resource document for a plugin JSON string. JSON is also YAML, so the same
     /// text serves a `.json` or a `.yaml` path.
     pub fn render(&self, plugin_json: &str) -> Value {
