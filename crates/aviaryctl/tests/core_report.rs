@@ -1,12 +1,13 @@
-//! Reports: JSON with every decision and statistic, Markdown, and a well-formed SVG.
+//! Reports, rendered from the state and the history its records tell: JSON with every
+//! decision and statistic and when each write took effect, Markdown, and a well-formed SVG.
 
 mod core_common;
 
-use aviaryctl::core::step::{Outcome, RolloutState};
+use aviaryctl::core::step::{Action, Applied, History, Input, Observation, Outcome, RolloutState};
 use aviaryctl::report::{render_json, render_markdown, render_svg, status, write_reports};
-use core_common::{run, spec, Behaviour, World};
+use core_common::{done, run, spec, step, Behaviour, Run, Tracked, World};
 
-fn rolled_back() -> RolloutState {
+fn rolled_back() -> Run {
     let spec = spec();
     let slow = Behaviour {
         median_ms: 120.0,
@@ -15,15 +16,43 @@ fn rolled_back() -> RolloutState {
     let mut world = World::new(21, 1000.0, Behaviour::healthy(), slow);
     let r = run(&spec, &mut world, 1_000, 3_600_000);
     assert_eq!(r.outcome, Some(Outcome::RolledBack));
-    r.state
+    r
 }
 
-fn promoted() -> RolloutState {
+fn promoted() -> Run {
     let spec = spec();
     let mut world = World::new(22, 1000.0, Behaviour::healthy(), Behaviour::healthy());
     let r = run(&spec, &mut world, 1_000, 3_600_000);
     assert_eq!(r.outcome, Some(Outcome::Promoted));
-    r.state
+    r
+}
+
+/// A healthy rollout whose proxies confirm every write 12 ms after it is issued.
+fn promoted_with_confirmations() -> Tracked {
+    let spec = spec();
+    let mut world = World::new(23, 1000.0, Behaviour::healthy(), Behaviour::healthy());
+    let (mut t, mut actions) = step(&spec, Tracked::new(&spec, 0), &Input::Start, 0);
+    loop {
+        world.apply(&actions);
+        let confirm: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::WriteConfig(w) => Some(w.write),
+                _ => None,
+            })
+            .collect();
+        let ended = done(&actions).is_some();
+        for write in confirm {
+            let at = world.now_ms + 12;
+            (t, _) = step(&spec, t, &Applied::input(write, at, None), at);
+        }
+        if ended || world.now_ms > 3_600_000 {
+            return t;
+        }
+        world.advance(1_000);
+        let input = Observation::of(world.snapshot());
+        (t, actions) = step(&spec, t, &input, world.now_ms);
+    }
 }
 
 /// A small XML well-formedness check: balanced, properly nested tags, quoted attributes,
@@ -119,8 +148,9 @@ fn xml_checker_rejects_malformed_documents() {
 #[test]
 fn svg_is_well_formed_and_has_all_panels() {
     let spec = spec();
-    for state in [rolled_back(), promoted(), RolloutState::new(&spec, 0)] {
-        let svg = render_svg(&spec, &state);
+    let new = (RolloutState::new(&spec, 0), History::default());
+    for (state, history) in [rolled_back().parts(), promoted().parts(), new] {
+        let svg = render_svg(&spec, &state, &history);
         let n = check_xml(&svg);
         assert!(n.as_ref().is_ok_and(|&n| n > 10), "{n:?}\n{svg}");
         for title in [
@@ -132,18 +162,19 @@ fn svg_is_well_formed_and_has_all_panels() {
             assert!(svg.contains(title), "{title}");
         }
     }
-    let svg = render_svg(&spec, &rolled_back());
+    let (state, history) = rolled_back().parts();
+    let svg = render_svg(&spec, &state, &history);
     assert!(svg.contains("rollback") && svg.contains("<polyline"));
 }
 
 #[test]
 fn json_report_records_decisions_with_statistics_timeline_and_stage_times() {
     let spec = spec();
-    let state = rolled_back();
-    let j = render_json(&spec, &state);
+    let (state, history) = rolled_back().parts();
+    let j = render_json(&spec, &state, &history);
     assert_eq!(j["outcome"], "rolledBack");
     let decisions = j["decisions"].as_array().cloned().unwrap_or_default();
-    assert_eq!(decisions.len(), state.decisions.len());
+    assert_eq!(decisions.len(), history.decisions.len());
     let judged = decisions
         .iter()
         .filter(|d| d["gates"].as_array().is_some_and(|g| !g.is_empty()))
@@ -173,12 +204,14 @@ fn json_report_records_decisions_with_statistics_timeline_and_stage_times() {
 #[test]
 fn markdown_summarises_stages_and_decisions() {
     let spec = spec();
-    let md = render_markdown(&spec, &promoted());
+    let (state, history) = promoted().parts();
+    let md = render_markdown(&spec, &state, &history);
     assert!(md.starts_with("# Rollout `recsys-v2`: stable → v2 (promoted)"));
     assert!(md.contains("## Stages") && md.contains("## Decisions"));
     assert!(md.contains("| step 1 (1%) | 1% |"));
     assert!(md.contains("Promote"));
-    let md = render_markdown(&spec, &rolled_back());
+    let (state, history) = rolled_back().parts();
+    let md = render_markdown(&spec, &state, &history);
     assert!(md.contains("(rolled back)"));
     assert!(md.contains("| latency.p95.regression |"));
 }
@@ -186,8 +219,13 @@ fn markdown_summarises_stages_and_decisions() {
 #[test]
 fn status_shows_stage_and_last_decision() {
     let spec = spec();
-    let state = rolled_back();
-    let s = status(&spec, &state, state.finished_ms.unwrap_or(0) + 5_000);
+    let (state, history) = rolled_back().parts();
+    let s = status(
+        &spec,
+        &state,
+        &history,
+        state.finished_ms.unwrap_or(0) + 5_000,
+    );
     assert_eq!(s.outcome, Some(Outcome::RolledBack));
     let text = s.to_string();
     assert!(
@@ -202,8 +240,35 @@ fn status_shows_stage_and_last_decision() {
 fn reports_are_written_to_a_directory() {
     let spec = spec();
     let dir = std::env::temp_dir().join(format!("aviaryctl-core-report-{}", std::process::id()));
-    let paths = write_reports(&spec, &promoted(), &dir).unwrap_or_default();
+    let (state, history) = promoted().parts();
+    let paths = write_reports(&spec, &state, &history, &dir).unwrap_or_default();
     assert_eq!(paths.len(), 3);
     assert!(paths.iter().all(|p| p.exists()));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reports_say_when_each_write_took_effect() {
+    let spec = spec();
+    let t = promoted_with_confirmations();
+    assert_eq!(t.outcome, Some(Outcome::Promoted));
+    let j = render_json(&spec, &t.state, &t.history);
+    let timeline = j["timeline"].as_array().cloned().unwrap_or_default();
+    assert!(timeline.len() >= 6);
+    for p in &timeline {
+        let (issued, applied) = (p["atMs"].as_u64(), p["appliedMs"].as_u64());
+        assert_eq!(applied, issued.map(|i| i + 12), "{p}");
+    }
+    let stages = j["stages"].as_array().cloned().unwrap_or_default();
+    assert!(stages.iter().all(|s| s["applyLagMs"] == 12), "{stages:?}");
+    let md = render_markdown(&spec, &t.state, &t.history);
+    assert!(
+        md.contains("| Took effect |") && md.contains("| +12ms |"),
+        "{md}"
+    );
+    assert!(md.contains("took effect at the proxies 12ms later"), "{md}");
+    // Unconfirmed writes say so.
+    let (state, history) = promoted().parts();
+    let md = render_markdown(&spec, &state, &history);
+    assert!(md.contains("was not confirmed by the proxies"), "{md}");
 }

@@ -45,7 +45,7 @@ fn aa_full_schedule_false_rollback_rate_is_at_most_one_percent() {
         );
         let r = run(&spec, &mut world, 1_000, 6 * 3_600_000);
         let holds = r
-            .state
+            .history
             .decisions
             .iter()
             .filter(|d| d.kind == DecisionKind::Hold)
@@ -87,7 +87,7 @@ fn error_regression_detected_within_500_canary_requests() {
         let mut world = World::new(seed, 1000.0, Behaviour::healthy(), bad.clone());
         let r = run(&spec, &mut world, 1_000, 600_000);
         let fast = r
-            .state
+            .history
             .decisions
             .last()
             .is_some_and(|d| d.kind == DecisionKind::FastRollback);
@@ -214,7 +214,7 @@ fn regression_runs(
         let mut world = World::new(seed, 2000.0 / 30.0, Behaviour::healthy(), canary.clone());
         let r = run(spec, &mut world, 1_000, 6 * 3_600_000);
         let failed: Vec<String> = r
-            .state
+            .history
             .decisions
             .iter()
             .flat_map(|d| d.gates.iter())

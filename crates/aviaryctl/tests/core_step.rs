@@ -6,19 +6,19 @@ use aviaryctl::core::gates::Verdict;
 use aviaryctl::core::observe::Snapshot;
 use aviaryctl::core::spec::{Event, RolloutSpec};
 use aviaryctl::core::step::{
-    step, Action, Command, DecisionKind, Input, Observation, Outcome, Phase, RolloutState,
+    Action, Applied, Command, DecisionKind, Input, Observation, Outcome, Phase, RolloutState,
 };
-use core_common::{done, parse, spec, spec_with, Behaviour, World, SPEC};
+use core_common::{done, parse, spec, spec_with, step, Behaviour, Tracked, World, SPEC};
 
 /// Steps `state` with reads of `world` every `poll_ms` until `until_ms` or the end; returns
 /// every action batch with its time.
 fn drive(
     spec: &RolloutSpec,
     world: &mut World,
-    mut state: RolloutState,
+    mut state: Tracked,
     poll_ms: u64,
     until_ms: u64,
-) -> (RolloutState, Vec<(u64, Vec<Action>)>) {
+) -> (Tracked, Vec<(u64, Vec<Action>)>) {
     let mut log = Vec::new();
     while world.now_ms < until_ms && !state.phase.is_terminal() {
         world.advance(poll_ms);
@@ -35,8 +35,8 @@ fn drive(
     (state, log)
 }
 
-fn start(spec: &RolloutSpec, world: &mut World) -> (RolloutState, Vec<Action>) {
-    let (state, actions) = step(spec, RolloutState::new(spec, 0), &Input::Start, 0);
+fn start(spec: &RolloutSpec, world: &mut World) -> (Tracked, Vec<Action>) {
+    let (state, actions) = step(spec, Tracked::new(spec, 0), &Input::Start, 0);
     world.apply(&actions);
     (state, actions)
 }
@@ -51,8 +51,18 @@ fn writes(actions: &[Action]) -> Vec<(u32, bool)> {
         .collect()
 }
 
-fn kinds(state: &RolloutState) -> Vec<DecisionKind> {
-    state.decisions.iter().map(|d| d.kind).collect()
+fn write_numbers(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WriteConfig(w) => Some(w.write),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds(state: &Tracked) -> Vec<DecisionKind> {
+    state.history.decisions.iter().map(|d| d.kind).collect()
 }
 
 fn healthy(seed: u64, rps: f64) -> World {
@@ -69,7 +79,12 @@ fn promotes_through_the_schedule_on_good_data() {
     let (state, log) = drive(&spec, &mut world, state, 1_000, 3_600_000);
     assert_eq!(state.phase, Phase::Promoted);
     assert_eq!(state.outcome, Some(Outcome::Promoted));
-    let weights: Vec<u32> = state.timeline.iter().map(|t| t.canary_bps).collect();
+    let weights: Vec<u32> = state
+        .history
+        .timeline
+        .iter()
+        .map(|t| t.canary_bps)
+        .collect();
     assert_eq!(weights, vec![100, 500, 1000, 2500, 5000, 10000]);
     let last = &log.last().map(|l| l.1.clone()).unwrap_or_default();
     let Some(Action::WriteConfig(w)) = last.iter().find(|a| matches!(a, Action::WriteConfig(_)))
@@ -82,7 +97,7 @@ fn promotes_through_the_schedule_on_good_data() {
     );
     assert!(w.config.kill_switch.is_none());
     assert_eq!(done(last), Some(Outcome::Promoted));
-    let judged = state.decisions.iter().filter(|d| d.at_ms > 0);
+    let judged = state.history.decisions.iter().filter(|d| d.at_ms > 0);
     for d in judged.filter(|d| matches!(d.kind, DecisionKind::Advance | DecisionKind::Promote)) {
         assert!(
             !d.gates.is_empty() && d.gates.iter().all(|g| g.verdict == Verdict::Pass),
@@ -91,7 +106,7 @@ fn promotes_through_the_schedule_on_good_data() {
         assert!(d.metrics.is_some());
     }
     // Each step baked at least one interval.
-    for s in &state.stages {
+    for s in &state.history.stages {
         if let Some(end) = s.ended_ms {
             assert!(end - s.started_ms >= 30_000, "{s:?}");
         }
@@ -117,6 +132,7 @@ fn insufficient_samples_hold_and_never_promote_then_max_hold_rolls_back() {
     assert_eq!(state.phase, Phase::Canary { step: 0 });
     assert!(log.iter().all(|(_, a)| writes(a).is_empty()));
     let holds: Vec<_> = state
+        .history
         .decisions
         .iter()
         .filter(|d| d.kind == DecisionKind::Hold)
@@ -129,6 +145,7 @@ fn insufficient_samples_hold_and_never_promote_then_max_hold_rolls_back() {
     let (state, log) = drive(&spec, &mut world, state, 1_000, 20 * 60_000);
     assert_eq!(state.outcome, Some(Outcome::RolledBack));
     let last = state
+        .history
         .decisions
         .last()
         .map(|d| d.reason.clone())
@@ -173,7 +190,7 @@ fn source_errors_hold_and_do_not_promote() {
     }
     assert_eq!(state.phase, Phase::Canary { step: 0 });
     assert_eq!(state.source_errors, 120);
-    let d = state.decisions.last().cloned();
+    let d = state.history.decisions.last().cloned();
     assert_eq!(d.as_ref().map(|d| d.kind), Some(DecisionKind::Hold));
     assert!(d.is_some_and(|d| d.gates[0].reason.contains("connection refused")));
 }
@@ -194,14 +211,14 @@ fn repeated_gate_failures_roll_back_at_the_threshold() {
         &k[k.len() - 2..],
         &[DecisionKind::Fail, DecisionKind::Rollback]
     );
-    let fail = &state.decisions[state.decisions.len() - 2];
+    let fail = &state.history.decisions[state.history.decisions.len() - 2];
     assert_eq!(fail.failed_checks, 1);
     assert!(fail
         .gates
         .iter()
         .any(|g| g.gate == "latency.p95.regression" && g.verdict == Verdict::Fail));
     // The failed check restarted the window: the rollback judged fresh data.
-    let rb = &state.decisions[state.decisions.len() - 1];
+    let rb = &state.history.decisions[state.history.decisions.len() - 1];
     assert!(rb.window_ms.is_some_and(|w| w <= 31_000));
     let (_, actions) = log.last().cloned().unwrap_or_default();
     let Some(Action::WriteConfig(w)) = actions.first() else {
@@ -238,10 +255,11 @@ fn fast_track_rolls_back_at_once_and_writes_first() {
     assert!(matches!(&actions[2], Action::Notify(n) if n.event == Event::Rollback));
     assert_eq!(actions[3], Action::Done(Outcome::RolledBack));
     assert_eq!(
-        state.decisions.last().map(|d| d.kind),
+        state.history.decisions.last().map(|d| d.kind),
         Some(DecisionKind::FastRollback)
     );
     assert!(state
+        .history
         .timeline
         .last()
         .is_some_and(|t| t.kill_switch && t.canary_bps == 0));
@@ -266,6 +284,7 @@ fn abort_is_an_instant_rollback() {
     assert_eq!(state.phase, Phase::Aborted);
     assert_eq!(done(&actions), Some(Outcome::Aborted));
     assert!(state
+        .history
         .decisions
         .last()
         .is_some_and(|d| d.reason.contains("bad demo")));
@@ -290,7 +309,7 @@ fn pause_freezes_weights_but_keeps_observing_and_resume_continues() {
     let (state, log) = drive(&spec, &mut world, state, 1_000, 300_000);
     assert_eq!(state.phase, Phase::Canary { step: 0 });
     assert!(log.iter().all(|(_, a)| writes(a).is_empty()));
-    let last = state.decisions.last().cloned();
+    let last = state.history.decisions.last().cloned();
     assert!(last.is_some_and(|d| d.kind == DecisionKind::Hold && d.reason.contains("paused")));
     let (state, _) = step(&spec, state, &Input::Command(Command::Resume), 300_500);
     let (state, _) = drive(&spec, &mut world, state, 1_000, 331_000);
@@ -336,7 +355,7 @@ fn manual_promote_skips_a_step_or_goes_to_full() {
     assert_eq!(state.phase, Phase::Canary { step: 1 });
     assert_eq!(writes(&actions), vec![(500, false)]);
     assert_eq!(
-        state.decisions.last().map(|d| d.kind),
+        state.history.decisions.last().map(|d| d.kind),
         Some(DecisionKind::ManualPromote)
     );
     let (state, actions) = step(
@@ -363,18 +382,23 @@ fn restart_from_serialized_state_decides_identically() {
     let mut world = healthy(11, 1000.0);
     let (state, _) = start(&spec, &mut world);
     let (state, _) = drive(&spec, &mut world, state, 1_000, 77_500);
-    let json = serde_json::to_string(&state).unwrap_or_default();
+    let json = serde_json::to_string(&state.state).unwrap_or_default();
     let restored: RolloutState = match serde_json::from_str(&json) {
         Ok(s) => s,
         Err(e) => panic!("state does not round-trip: {e}"),
     };
-    assert_eq!(restored, state);
-    // The restarted driver re-asserts the current weight: no jump.
-    let (restored, actions) = step(&spec, restored, &Input::Start, 78_000);
+    assert_eq!(restored, state.state);
+    // The restarted driver re-asserts the current weight under the same write number: no
+    // jump, and the proxies' confirmation of it refers to the write they already have.
+    let (restored, actions) = step(&spec, Tracked::from(restored), &Input::Start, 78_000);
     assert_eq!(writes(&actions), vec![(state.canary_bps, false)]);
+    assert_eq!(write_numbers(&actions), vec![state.writes]);
     assert_eq!(restored.phase, state.phase);
-    // Same inputs from here on give the same decisions and actions.
-    let (from_a, from_b) = (state.decisions.len(), restored.decisions.len());
+    // Same inputs from here on give the same actions and records (numbered one later: the
+    // restart's own decision).
+    let h = &state.history;
+    let (from_a, from_b) = (h.decisions.len(), restored.history.decisions.len());
+    let (timeline_a, stage_a) = (h.timeline.len(), h.stages.len() - 1);
     let mut a = state;
     let mut b = restored;
     for t in 0..200u64 {
@@ -389,8 +413,14 @@ fn restart_from_serialized_state_decides_identically() {
     }
     assert_eq!(a.phase, b.phase);
     assert_eq!(a.phase, Phase::Promoted);
-    assert!(a.decisions.len() >= from_a + 3);
-    assert_eq!(a.decisions[from_a..], b.decisions[from_b..]);
+    assert_eq!(a.records + 1, b.records);
+    let (ha, hb) = (&a.history, &b.history);
+    assert!(ha.decisions.len() >= from_a + 3);
+    assert_eq!(ha.decisions[from_a..], hb.decisions[from_b..]);
+    assert!(ha.timeline.len() >= timeline_a + 3);
+    assert_eq!(ha.timeline[timeline_a..], hb.timeline[..]);
+    // The stage open at the restart ends with the same summary in both.
+    assert_eq!(ha.stages[stage_a..], hb.stages[..]);
 }
 
 #[test]
@@ -399,10 +429,10 @@ fn restart_keeps_bake_progress() {
     let mut world = healthy(12, 1000.0);
     let (state, _) = start(&spec, &mut world);
     let (state, _) = drive(&spec, &mut world, state, 1_000, 20_000);
-    let json = serde_json::to_vec(&state).unwrap_or_default();
+    let json = serde_json::to_vec(&state.state).unwrap_or_default();
     let restored: RolloutState =
         serde_json::from_slice(&json).unwrap_or_else(|_| RolloutState::new(&spec, 0));
-    let (restored, _) = step(&spec, restored, &Input::Start, 25_000);
+    let (restored, _) = step(&spec, Tracked::from(restored), &Input::Start, 25_000);
     // The window started before the restart, so the step advances at 30 s as planned.
     let (state, _) = drive(&spec, &mut world, restored, 1_000, 31_000);
     assert_eq!(state.phase, Phase::Canary { step: 1 });
@@ -414,7 +444,7 @@ fn confirmation_gate_must_answer_yes_before_a_step() {
         "{SPEC}  webhooks:\n    - {{name: approver, url: 'http://hooks/ok', events: [confirm-traffic-increase]}}\n"
     ));
     let mut world = healthy(13, 1000.0);
-    let (state, actions) = step(&spec, RolloutState::new(&spec, 0), &Input::Start, 0);
+    let (state, actions) = step(&spec, Tracked::new(&spec, 0), &Input::Start, 0);
     // Even the first live step needs a yes.
     assert!(writes(&actions).is_empty());
     assert!(actions.iter().any(
@@ -448,7 +478,7 @@ fn confirmation_gate_must_answer_yes_before_a_step() {
     );
     assert!(writes(&actions).is_empty());
     assert_eq!(
-        state.decisions.last().map(|d| d.kind),
+        state.history.decisions.last().map(|d| d.kind),
         Some(DecisionKind::Denied)
     );
     let (state, log) = drive(&spec, &mut world, state, 1_000, 62_000);
@@ -488,7 +518,7 @@ fn counter_reset_restarts_the_window_without_rollback() {
     let (state, actions) = step(&spec, state, &Observation::of(reset), 11_000);
     assert!(writes(&actions).is_empty());
     assert_eq!(
-        state.decisions.last().map(|d| d.kind),
+        state.history.decisions.last().map(|d| d.kind),
         Some(DecisionKind::CounterReset)
     );
     assert_eq!(state.window_started_ms, 11_000);
@@ -535,7 +565,7 @@ fn shadow_phase_gates_live_traffic_on_agreement() {
     let (state, _) = start(&spec, &mut world);
     let (state, _) = drive(&spec, &mut world, state, 1_000, 300_000);
     assert_eq!(state.outcome, Some(Outcome::RolledBack));
-    assert!(state.decisions.iter().any(|d| d
+    assert!(state.history.decisions.iter().any(|d| d
         .gates
         .iter()
         .any(|g| g.gate == "shadowAgreement" && g.verdict == Verdict::Fail)));
@@ -559,4 +589,109 @@ fn inputs_after_the_end_change_nothing_but_start_reasserts() {
     let (_, actions) = step(&spec, state, &Input::Start, 3_000);
     assert_eq!(writes(&actions), vec![(0, true)]);
     assert_eq!(done(&actions), Some(Outcome::Aborted));
+}
+
+#[test]
+fn the_bake_window_starts_when_the_proxies_applied_the_write() {
+    let spec = spec();
+    let mut world = healthy(18, 1000.0);
+    let (state, actions) = start(&spec, &mut world);
+    assert_eq!(write_numbers(&actions), vec![1]);
+    let (state, _) = drive(&spec, &mut world, state, 1_000, 1_000);
+    // The first read (at 1 s) opened the window; the proxies confirm the write at 1.5 s, so
+    // that read may hold traffic at the old weight: the window opens again after it.
+    let (state, actions) = step(&spec, state, &Applied::input(1, 1_500, Some(42)), 1_510);
+    assert_eq!(actions, vec![Action::Persist]);
+    assert_eq!(state.stage_applied_ms, Some(1_500));
+    assert_eq!(state.window_start, None);
+    assert_eq!(
+        (state.window_started_ms, state.last_check_ms),
+        (1_500, 1_500)
+    );
+    // A repeated or unknown confirmation changes nothing and records nothing.
+    let mut state = state;
+    for write in [1, 7, 0] {
+        let before = state.clone();
+        let (after, actions) = step(&spec, state, &Applied::input(write, 1_600, None), 1_700);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(after, before);
+        state = after;
+    }
+    // The first check comes a full interval after the write took effect, on reads from
+    // after it.
+    let (state, _) = drive(&spec, &mut world, state, 1_000, 31_000);
+    assert_eq!(
+        state.phase,
+        Phase::Canary { step: 0 },
+        "not 30 s since 1.5 s"
+    );
+    let (state, _) = drive(&spec, &mut world, state, 1_000, 32_000);
+    assert_eq!(state.phase, Phase::Canary { step: 1 });
+    let advance = state.history.decisions.last().cloned();
+    assert!(
+        advance.is_some_and(|d| d.kind == DecisionKind::Advance && d.window_ms == Some(30_000)),
+        "judged reads 2 s → 32 s"
+    );
+    // The records say when each write was issued and when it took effect.
+    let h = &state.history;
+    assert_eq!(h.timeline[0].write, 1);
+    assert_eq!(
+        (h.timeline[0].at_ms, h.timeline[0].applied_ms),
+        (0, Some(1_500))
+    );
+    assert_eq!((h.timeline[1].write, h.timeline[1].applied_ms), (2, None));
+    assert_eq!(h.stages[0].applied_ms, Some(1_500));
+    assert_eq!(h.stages[0].ended_ms, Some(32_000));
+    assert_eq!(h.applied.len(), 1);
+    assert_eq!(h.applied[0].digest48, Some(42));
+}
+
+#[test]
+fn a_confirmation_after_the_end_is_recorded_only() {
+    let spec = spec();
+    let mut world = healthy(19, 200.0);
+    let (state, _) = start(&spec, &mut world);
+    let abort = Input::Command(Command::Abort { reason: None });
+    let (state, actions) = step(&spec, state, &abort, 1_000);
+    assert_eq!(write_numbers(&actions), vec![2]);
+    let before = state.state.clone();
+    let (state, actions) = step(&spec, state, &Applied::input(2, 1_012, None), 1_020);
+    assert_eq!(actions, vec![Action::Persist]);
+    assert_eq!(state.phase, Phase::Aborted);
+    assert_eq!(state.applied_write, 2);
+    assert_eq!(state.records, before.records + 1);
+    let rollback = state.history.timeline.last().cloned();
+    assert!(rollback.is_some_and(|p| p.kill_switch && p.applied_ms == Some(1_012)));
+    // The first write's confirmation, arriving late, is older news: ignored.
+    let (_, actions) = step(&spec, state, &Applied::input(1, 1_030, None), 1_040);
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn the_state_keeps_no_history() {
+    let spec = spec();
+    // 1 rps: every check holds, so decisions pile up.
+    let mut world = healthy(20, 1.0);
+    let (state, _) = start(&spec, &mut world);
+    let (early, _) = drive(&spec, &mut world, state, 1_000, 60_000);
+    let early_len = serde_json::to_string(&early.state).map_or(0, |j| j.len());
+    let (late, _) = drive(&spec, &mut world, early, 1_000, 9 * 60_000);
+    assert!(late.history.decisions.len() >= 16);
+    assert_eq!(late.records as usize, count_records(&late));
+    let json = serde_json::to_value(&late.state).unwrap_or_default();
+    for key in ["decisions", "timeline", "stages"] {
+        assert!(json.get(key).is_none(), "{key} in the state");
+    }
+    let late_len = json.to_string().len();
+    assert!(
+        late_len < early_len + 200,
+        "the state grew from {early_len} to {late_len} bytes"
+    );
+}
+
+/// Records the history folds (one per decision, weight point, stage start or end, apply).
+fn count_records(t: &Tracked) -> usize {
+    let h = &t.history;
+    let ended = h.stages.iter().filter(|s| s.ended_ms.is_some()).count();
+    h.decisions.len() + h.timeline.len() + h.stages.len() + ended + h.applied.len()
 }

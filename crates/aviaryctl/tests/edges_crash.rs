@@ -1,6 +1,8 @@
 //! Crash safety with a real Envoy: `aviaryctl run` is SIGKILLed mid-rollout and started
 //! again. The restarted driver resumes at the persisted step, Envoy's canary weight never
-//! goes down or skips a step, and a second concurrent driver is refused by the lock.
+//! goes down or skips a step, a second concurrent driver is refused by the lock, and the
+//! records log loses and repeats nothing: the killed driver's saved state never counts a
+//! record the log lacks, and after the restart the log holds every record exactly once.
 
 mod edges_support;
 
@@ -45,6 +47,37 @@ fn start_driver(bin: &str, dir: &TempDir, log: &str) -> ChildGuard {
 fn raw_state(dir: &TempDir) -> Option<Value> {
     let bytes = std::fs::read(dir.join("state/state.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The records log as raw JSON lines: each whole line parsed (`None` for one that is not),
+/// and whether the file ends with a newline.
+fn raw_records(dir: &TempDir) -> (Vec<Option<Value>>, bool) {
+    let text = std::fs::read_to_string(dir.join("state/state.records.jsonl")).unwrap_or_default();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    (lines, text.is_empty() || text.ends_with('\n'))
+}
+
+/// The records the state `v` counts, in order, as the report reads them.
+fn counted_records(dir: &TempDir, v: &Value) -> Vec<Value> {
+    let count = v["records"].as_u64().unwrap_or(0);
+    raw_records(dir)
+        .0
+        .into_iter()
+        .flatten()
+        .filter(|r| r["seq"].as_u64().is_some_and(|s| s < count))
+        .collect()
+}
+
+/// The canary weights of the timeline the records tell.
+fn timeline(records: &[Value]) -> Vec<u64> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "weight")
+        .filter_map(|r| r["canaryBps"].as_u64())
+        .collect()
 }
 
 fn step_of(v: &Value) -> Option<u64> {
@@ -124,12 +157,23 @@ fn sigkill_mid_rollout_then_restart_resumes_without_a_weight_jump() {
     let step = step_of(&killed).expect("mid-rollout");
     let bps = killed["canaryBps"].as_u64().expect("weight");
     let on_disk = ecds_canary_bps(&rig).expect("ECDS file intact");
+    // Records are appended before the state that counts them is saved: every record the
+    // killed driver's state counts is in the log, once.
+    let killed_records = counted_records(&dir, &killed);
+    let seqs: Vec<u64> = killed_records
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    let count = killed["records"].as_u64().expect("records counted");
+    assert_eq!(
+        seqs,
+        (0..count).collect::<Vec<_>>(),
+        "records lost or repeated"
+    );
     // The state is saved before a weight increase is written, so Envoy may lag by one step.
+    let t = timeline(&killed_records);
     assert!(
-        u64::from(on_disk) == bps
-            || killed["timeline"].as_array().is_some_and(|t| {
-                t.len() >= 2 && t[t.len() - 2]["canaryBps"].as_u64() == Some(u64::from(on_disk))
-            }),
+        u64::from(on_disk) == bps || (t.len() >= 2 && t[t.len() - 2] == u64::from(on_disk)),
         "state {bps} vs ECDS {on_disk}"
     );
     println!("killed at step {} ({} bps)", step + 1, bps);
@@ -139,9 +183,9 @@ fn sigkill_mid_rollout_then_restart_resumes_without_a_weight_jump() {
     // The restart is recorded at the same step, and re-asserts its weight.
     let restarted = poll(Duration::from_secs(10), Duration::from_millis(5), || {
         raw_state(&dir).filter(|v| {
-            v["decisions"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|d| d["kind"] == "restart"))
+            counted_records(&dir, v)
+                .iter()
+                .any(|r| r["type"] == "decision" && r["kind"] == "restart")
         })
     })
     .unwrap_or_else(|| {
@@ -150,11 +194,13 @@ fn sigkill_mid_rollout_then_restart_resumes_without_a_weight_jump() {
             std::fs::read_to_string(dir.join("run2.log")).unwrap_or_default()
         )
     });
-    let restart = restarted["decisions"]
-        .as_array()
-        .and_then(|d| d.iter().find(|d| d["kind"] == "restart").cloned())
+    let restart = counted_records(&dir, &restarted)
+        .into_iter()
+        .find(|r| r["kind"] == "restart")
         .expect("restart decision");
     assert_eq!(restart["canaryBps"].as_u64(), Some(bps), "{restart}");
+    // It continues the numbering of the state the killed driver saved.
+    assert_eq!(restart["seq"].as_u64(), Some(count), "{restart}");
     assert!(step_of(&restarted) >= Some(step), "never goes back a step");
 
     // A second concurrent driver is refused.
@@ -198,16 +244,29 @@ fn sigkill_mid_rollout_then_restart_resumes_without_a_weight_jump() {
     assert_eq!(weights.last(), Some(&10_000));
 
     let fin = raw_state(&dir).expect("final state");
-    let timeline: Vec<u64> = fin["timeline"]
-        .as_array()
-        .expect("timeline")
+    assert!(fin.get("timeline").is_none() && fin.get("decisions").is_none());
+    // The whole log: whole lines only, numbered 0, 1, 2, … once each, as many as the final
+    // state counts (whatever the kill left behind was cut on restart).
+    let (lines, whole) = raw_records(&dir);
+    assert!(whole, "torn last line");
+    let seqs: Vec<Option<u64>> = lines
         .iter()
-        .filter_map(|p| p["canaryBps"].as_u64())
+        .map(|l| l.as_ref().and_then(|r| r["seq"].as_u64()))
         .collect();
+    let count = fin["records"].as_u64().expect("records counted");
+    assert_eq!(seqs, (0..count).map(Some).collect::<Vec<_>>());
+    let records: Vec<Value> = lines.into_iter().flatten().collect();
     assert_eq!(
-        timeline,
+        timeline(&records),
         vec![1000, 2000, 3000, 4000, 5000, 10_000],
         "no step repeated or skipped"
     );
+    // The proxies confirmed the promotion: the records say when it took effect.
+    let promoted = records.iter().rev().find(|r| r["type"] == "weight");
+    let applied = records
+        .iter()
+        .filter(|r| r["type"] == "applied")
+        .any(|a| promoted.is_some_and(|p| a["write"] == p["write"]));
+    assert!(applied, "the promotion's write is confirmed in the records");
     let _ = load.join();
 }

@@ -1,22 +1,28 @@
 //! The runner with a simulated clock and a simulated proxy that routes by whatever config the
 //! JSON sink last wrote: whole rollouts run in milliseconds, deterministically. Covers action
-//! order, persistence, commands and acks, restart without a weight jump, the lock, sink
-//! failure retries, notifications and confirmation gates.
+//! order, persistence, the records log (its crash leftovers and failed appends: no record lost
+//! or repeated), commands and acks, restart without a weight jump, the lock, sink failure
+//! retries, notifications, confirmation gates, and the proxies' confirmations as inputs.
 
 mod edges_support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aviary_contract::config::PluginConfig;
+use aviary_contract::config::{digest, PluginConfig};
+use aviary_contract::units::DIGEST48_MASK;
 use aviaryctl::clock::{Clock, ManualClock};
 use aviaryctl::core::observe::{Snapshot, VersionMetrics};
 use aviaryctl::core::spec::{Event, RolloutSpec};
-use aviaryctl::core::step::{Command, Notification, Outcome, Phase, RolloutState};
+use aviaryctl::core::step::{
+    Command, DecisionKind, Entry, History, Notification, Outcome, Phase, Record, RolloutState,
+};
+use aviaryctl::edges::records::RecordLog;
 use aviaryctl::edges::sink::{ConfigSink, JsonFileSink};
-use aviaryctl::edges::source::MetricsSource;
+use aviaryctl::edges::source::{AppliedConfig, ApplyProbe, MetricsSource};
 use aviaryctl::edges::store::StateStore;
 use aviaryctl::edges::webhook::{Approval, Approver, Notifier};
 use aviaryctl::error::Error;
@@ -185,6 +191,15 @@ impl Setup {
         spec: RolloutSpec,
         approvers: Vec<Arc<dyn Approver>>,
     ) -> Result<Runner, Error> {
+        self.runner_full(spec, approvers, None)
+    }
+
+    fn runner_full(
+        &self,
+        spec: RolloutSpec,
+        approvers: Vec<Arc<dyn Approver>>,
+        probe: Option<Box<dyn ApplyProbe + Send>>,
+    ) -> Result<Runner, Error> {
         let components = Components {
             source: Box::new(SimProxy::new(
                 self.clock.clone(),
@@ -196,7 +211,7 @@ impl Setup {
             ],
             notifier: Some(Box::new(self.recorder.clone())),
             approvers,
-            probe: None,
+            probe,
         };
         let opts = RunnerOptions {
             inline_source: true,
@@ -225,6 +240,47 @@ impl Setup {
 
     fn events(&self) -> Vec<RunnerEvent> {
         self.store().read_events().expect("events")
+    }
+
+    fn log(&self) -> RecordLog {
+        RecordLog::beside(&self.store())
+    }
+
+    /// The saved state and the history its records log tells.
+    fn saved(&self) -> (RolloutState, History) {
+        let state: RolloutState = self.store().load().expect("load").expect("saved");
+        let history = self.log().history(state.records).expect("records");
+        (state, history)
+    }
+
+    /// Every line of the records log, each of which must be a whole record, numbered 0, 1,
+    /// 2, … with no gap and none twice, as many as the saved state counts.
+    fn check_log(&self) -> Vec<Record> {
+        let text = std::fs::read_to_string(self.log().path().to_path_buf()).expect("records log");
+        assert!(text.ends_with('\n'), "torn last line");
+        let records: Vec<Record> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let (state, _) = self.saved();
+        assert_eq!(seqs, (0..state.records).collect::<Vec<_>>());
+        records
+    }
+}
+
+/// Reports the digest of whatever config the JSON sink last wrote, as Envoy's
+/// `aviary_config_digest` gauge would.
+struct SimProbe(PathBuf);
+
+impl ApplyProbe for SimProbe {
+    fn applied(&self, _service: &str) -> Result<Vec<AppliedConfig>, Error> {
+        let bytes = std::fs::read(&self.0).map_err(|e| Error::io(self.0.display(), e))?;
+        Ok(vec![AppliedConfig {
+            endpoint: "sim".into(),
+            digest48: Some(digest(&bytes) & DIGEST48_MASK),
+            weights: BTreeMap::new(),
+        }])
     }
 }
 
@@ -255,10 +311,11 @@ fn healthy_canary_is_promoted_through_every_step() {
     assert_eq!(cfg.weight_bps(1), Some(10_000));
     assert_eq!(cfg.kill_switch, None);
 
-    let state: RolloutState = s.store().load().expect("load").expect("saved");
+    let (state, history) = s.saved();
     assert_eq!(state.phase, Phase::Promoted);
-    let bps: Vec<u32> = state.timeline.iter().map(|p| p.canary_bps).collect();
+    let bps: Vec<u32> = history.timeline.iter().map(|p| p.canary_bps).collect();
     assert_eq!(bps, vec![1000, 5000, 10_000]);
+    s.check_log();
 
     let writes: Vec<_> = s
         .events()
@@ -397,14 +454,22 @@ fn restart_resumes_the_same_step_without_a_weight_jump() {
         "the restart re-asserts the same config"
     );
     assert_eq!(r.state().canary_bps, 5000);
-    let restart = r.state().decisions.last().expect("decision");
+    let history = r.history().expect("history");
+    let restart = history.decisions.last().expect("decision");
     assert!(restart.reason.contains("restarted"), "{restart:?}");
     tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
         st.phase.is_terminal()
     });
     assert_eq!(r.state().phase, Phase::Promoted);
-    let bps: Vec<u32> = r.state().timeline.iter().map(|p| p.canary_bps).collect();
+    let bps: Vec<u32> = r
+        .history()
+        .expect("history")
+        .timeline
+        .iter()
+        .map(|p| p.canary_bps)
+        .collect();
     assert_eq!(bps, vec![1000, 5000, 10_000], "no step repeated or skipped");
+    s.check_log();
 }
 
 #[test]
@@ -491,11 +556,21 @@ fn confirmation_gates_wait_for_approval() {
     tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
         st.awaiting.is_some()
     });
-    // Pending answers keep the canary at the last step.
-    for _ in 0..200 {
+    // Pending answers keep the canary at the last step. (The approver runs on its own
+    // thread, which the simulated clock does not wait for.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ticks = 0;
+    while ticks < 200 || asked.load(Ordering::SeqCst) == 0 {
         r.tick().expect("tick");
+        ticks += 1;
+        if ticks >= 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the approver was never asked"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
-    assert!(asked.load(Ordering::SeqCst) >= 1);
     assert_eq!(r.state().phase, Phase::Canary { step: 1 });
     drop(r);
 
@@ -504,4 +579,131 @@ fn confirmation_gates_wait_for_approval() {
         .runner_with(spec(s.dir.path(), hooks), vec![approver])
         .expect("runner");
     assert_eq!(r.run().expect("run"), Some(Outcome::Promoted));
+}
+
+#[test]
+fn the_proxies_confirmations_are_inputs_and_recorded() {
+    let s = Setup::new();
+    let probe = Box::new(SimProbe(s.plugin_path()));
+    let r = s
+        .runner_full(spec(s.dir.path(), ""), Vec::new(), Some(probe))
+        .expect("runner");
+    assert_eq!(r.run().expect("runs"), Some(Outcome::Promoted));
+    let (state, history) = s.saved();
+    // The runner waits for the last confirmation before it exits: the promotion's write is
+    // recorded as in effect.
+    assert_eq!(state.applied_write, state.writes);
+    let applied: Vec<u64> = history.applied.iter().map(|a| a.write).collect();
+    assert!(applied.windows(2).all(|w| w[0] < w[1]), "{applied:?}");
+    assert_eq!(applied.last(), Some(&3));
+    let last = history.timeline.last().expect("promotion");
+    assert!(last.applied_ms.is_some_and(|a| a >= last.at_ms), "{last:?}");
+    for a in &history.applied {
+        let p = history.timeline.iter().find(|p| p.write == a.write);
+        assert_eq!(p.and_then(|p| p.applied_ms), Some(a.at_ms));
+        assert!(a.digest48.is_some());
+    }
+    // The event log's confirmations name the step's write numbers too.
+    let confirmed: Vec<u64> = s
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            RunnerEvent::Applied(a) if a.applied => Some(a.write),
+            _ => None,
+        })
+        .collect();
+    assert!(confirmed.ends_with(&[3]), "{confirmed:?}");
+    let report = std::fs::read_to_string(s.dir.join("report/report.json")).expect("report");
+    assert!(report.contains("appliedMs"));
+    s.check_log();
+}
+
+#[test]
+fn crash_leftovers_in_the_records_log_are_cut_on_restart() {
+    let s = Setup::new();
+    {
+        let mut r = s.runner();
+        r.start().expect("start");
+        tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+            st.phase == Phase::Canary { step: 1 }
+        });
+        // Dropped: a crash.
+    }
+    let (before, _) = s.saved();
+    // What a crash can leave behind: the records of a step whose state was never saved, and
+    // half a line.
+    let n = before.records;
+    let orphan = |seq: u64| {
+        format!(
+            "{{\"seq\":{seq},\"type\":\"decision\",\"atMs\":0,\"stage\":\"x\",\"canaryBps\":0,\"kind\":\"hold\",\"reason\":\"never saved\",\"failedChecks\":0}}\n"
+        )
+    };
+    let leftovers = format!("{}{}{{\"seq\":{},\"ty", orphan(n), orphan(n + 1), n + 2);
+    let path = s.log().path().to_path_buf();
+    let mut log = std::fs::read_to_string(&path).expect("log");
+    log.push_str(&leftovers);
+    std::fs::write(&path, log).expect("write");
+
+    let mut r = s.runner();
+    r.start().expect("restart");
+    tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+        st.phase.is_terminal()
+    });
+    drop(r);
+    let records = s.check_log();
+    // The restart's decision takes the first number the saved state had not used.
+    let restart = records.iter().find(|r| r.seq == n).map(|r| &r.entry);
+    assert!(
+        matches!(restart, Some(Entry::Decision(d)) if d.kind == DecisionKind::Restart),
+        "{restart:?}"
+    );
+    let (_, history) = s.saved();
+    assert!(history.decisions.iter().all(|d| d.reason != "never saved"));
+    let bps: Vec<u32> = history.timeline.iter().map(|p| p.canary_bps).collect();
+    assert_eq!(bps, vec![1000, 5000, 10_000]);
+}
+
+#[test]
+fn a_failed_records_append_loses_and_repeats_nothing() {
+    let s = Setup::new();
+    let mut r = s.runner();
+    r.start().expect("start");
+    let records = s.log().path().to_path_buf();
+    let aside = records.with_extension("aside");
+    // The log cannot be appended to: its path is a directory.
+    std::fs::rename(&records, &aside).expect("move the log aside");
+    std::fs::create_dir(&records).expect("mkdir");
+    let saved_state = || -> RolloutState { s.store().load().expect("load").expect("saved") };
+    let stuck = saved_state();
+    // Past the first bake interval: the step advances, but neither its records nor its state
+    // are saved, so the weight is not raised either.
+    for _ in 0..700 {
+        r.tick().expect("tick");
+    }
+    assert_eq!(r.state().phase, Phase::Canary { step: 1 });
+    // Reads that record nothing still save the state; none that counts unwritten records.
+    let saved = saved_state();
+    assert_eq!((saved.records, saved.phase), (stuck.records, stuck.phase));
+    assert_eq!(s.written().weight_bps(1), Some(1000));
+    // The disk recovers: the retry appends the pending records once, saves the state, then
+    // writes the weight.
+    std::fs::remove_dir(&records).expect("rmdir");
+    std::fs::rename(&aside, &records).expect("move the log back");
+    tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+        st.phase.is_terminal()
+    });
+    drop(r);
+    s.check_log();
+    let (_, history) = s.saved();
+    let bps: Vec<u32> = history.timeline.iter().map(|p| p.canary_bps).collect();
+    assert_eq!(bps, vec![1000, 5000, 10_000]);
+    let advances = history
+        .decisions
+        .iter()
+        .filter(|d| d.kind == DecisionKind::Advance)
+        .count();
+    assert_eq!(
+        advances, 2,
+        "into step 1 and into step 2, each recorded once"
+    );
 }

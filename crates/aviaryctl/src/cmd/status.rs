@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use aviaryctl::clock::system_now_ms;
 use aviaryctl::core::step::{pct, RolloutState};
+use aviaryctl::edges::records::RecordLog;
 use aviaryctl::error::Error;
 use aviaryctl::report;
 use aviaryctl::runner::RunnerEvent;
@@ -25,7 +26,8 @@ pub(crate) fn status(state_path: &Path, output: Output) -> Result<ExitCode, Erro
     let state = store
         .load::<RolloutState>()?
         .ok_or_else(|| usage!("{} has a spec but no state yet", state_path.display()))?;
-    let st = report::status(&spec, &state, system_now_ms());
+    let history = RecordLog::beside(&store).history(state.records)?;
+    let st = report::status(&spec, &state, &history, system_now_ms());
     let running = store.is_locked();
     let events: Vec<RunnerEvent> = store.read_events()?;
     let last_write = events.iter().rev().find_map(|e| match e {
@@ -81,7 +83,8 @@ pub(crate) fn report_cmd(state_path: &Path, out: Option<PathBuf>) -> Result<Exit
     let dir = out
         .or_else(|| spec.spec.report_dir.as_ref().map(PathBuf::from))
         .unwrap_or_else(|| store.dir().join("report"));
-    for p in report::write_reports(&spec, &state, &dir)? {
+    let history = RecordLog::beside(&store).history(state.records)?;
+    for p in report::write_reports(&spec, &state, &history, &dir)? {
         println!("{}", p.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 
 pub mod fs;
 pub(crate) mod http;
+pub mod records;
 pub mod sink;
 pub mod source;
 pub mod store;

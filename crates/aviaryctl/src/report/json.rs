@@ -1,16 +1,16 @@
 //! The JSON report: every decision with the values and test statistics seen, the weight
-//! timeline and the stage timings.
+//! timeline (with when each write took effect) and the stage timings.
 
 use serde_json::{json, Value};
 
 use super::origin;
 use crate::core::spec::RolloutSpec;
-use crate::core::step::{pct, RolloutState};
+use crate::core::step::{pct, History, RolloutState};
 
 /// The full JSON report.
-pub fn render_json(spec: &RolloutSpec, state: &RolloutState) -> Value {
+pub fn render_json(spec: &RolloutSpec, state: &RolloutState, history: &History) -> Value {
     let origin = origin(state);
-    let stages: Vec<Value> = state
+    let stages: Vec<Value> = history
         .stages
         .iter()
         .map(|s| {
@@ -22,6 +22,9 @@ pub fn render_json(spec: &RolloutSpec, state: &RolloutState) -> Value {
                 "endedMs": s.ended_ms,
                 "durationMs": s.ended_ms.map(|e| e.saturating_sub(s.started_ms)),
                 "result": s.result,
+                "write": s.write,
+                "appliedMs": s.applied_ms,
+                "applyLagMs": s.applied_ms.map(|a| a.saturating_sub(s.started_ms)),
             })
         })
         .collect();
@@ -51,8 +54,8 @@ pub fn render_json(spec: &RolloutSpec, state: &RolloutState) -> Value {
             "gates": spec.spec.analysis.gates,
         },
         "stages": stages,
-        "timeline": state.timeline,
-        "decisions": state.decisions,
+        "timeline": history.timeline,
+        "decisions": history.decisions,
         "sequentialTests": state.error_tests,
         "sourceErrors": state.source_errors,
     })

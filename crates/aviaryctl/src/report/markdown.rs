@@ -2,17 +2,17 @@
 
 use std::fmt::Write as _;
 
-use super::{cell, origin, outcome_text, rel};
+use super::{cell, lag, origin, outcome_text, rel};
 use crate::core::gates::Verdict;
 use crate::core::spec::{HumanDuration, RolloutSpec};
-use crate::core::step::{pct, DecisionKind, RolloutState};
+use crate::core::step::{pct, DecisionKind, History, RolloutState};
 
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
 /// A Markdown summary: outcome, stage timings, and one row per evaluation.
-pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState) -> String {
+pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState, history: &History) -> String {
     let origin = origin(state);
     let mut md = String::new();
     let _ = writeln!(
@@ -63,7 +63,7 @@ pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState) -> String {
     if state.source_errors > 0 {
         let _ = writeln!(md, "- Metric read failures: {}", state.source_errors);
     }
-    if let Some(last) = state.decisions.iter().rev().find(|d| {
+    if let Some(last) = history.decisions.iter().rev().find(|d| {
         matches!(
             d.kind,
             DecisionKind::Rollback
@@ -79,6 +79,21 @@ pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState) -> String {
             rel(last.at_ms, origin),
             md_escape(&last.reason)
         );
+        let write = history
+            .timeline
+            .iter()
+            .rev()
+            .find(|p| p.at_ms == last.at_ms);
+        if let Some(p) = write {
+            let effect = p.applied_ms.map_or_else(
+                || "was not confirmed by the proxies".to_string(),
+                |a| {
+                    let after = HumanDuration(a.saturating_sub(p.at_ms));
+                    format!("took effect at the proxies {after} later")
+                },
+            );
+            let _ = writeln!(md, "\nIts config write (#{}) {effect}.", p.write);
+        }
         let failing: Vec<_> = last
             .gates
             .iter()
@@ -101,18 +116,19 @@ pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState) -> String {
             }
         }
     }
-    let _ = writeln!(md, "\n## Stages\n\n| Stage | Canary weight | Started | Time in stage | Result |\n|---|---|---|---|---|");
-    for s in &state.stages {
+    let _ = writeln!(md, "\n## Stages\n\n| Stage | Canary weight | Started | Took effect | Time in stage | Result |\n|---|---|---|---|---|---|");
+    for s in &history.stages {
         let took = s.ended_ms.map_or_else(
             || "(current)".to_string(),
             |e| HumanDuration(e.saturating_sub(s.started_ms)).to_string(),
         );
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             s.name,
             pct(s.canary_bps),
             rel(s.started_ms, origin),
+            lag(s.started_ms, s.applied_ms),
             took,
             md_escape(s.result.as_deref().unwrap_or(""))
         );
@@ -121,7 +137,7 @@ pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState) -> String {
         md,
         "\n## Decisions\n\n| Time | Stage | Decision | Canary err | Baseline err | Canary p95 | Baseline p95 | Drift | n (canary/baseline) | Reason |\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    for d in &state.decisions {
+    for d in &history.decisions {
         let m = d.metrics.as_ref();
         let _ = writeln!(
             md,

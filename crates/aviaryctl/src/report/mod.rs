@@ -1,12 +1,13 @@
-//! Reports rendered from a rollout's state: JSON (every decision with the values and test
-//! statistics seen, the weight timeline, stage timings), a Markdown summary for people, an SVG
-//! chart (weight over time; error rate, p95 and drift for baseline vs canary), and the
-//! `status` view.
+//! Reports rendered from a rollout's state and its [`History`] (folded from the records
+//! log): JSON (every decision with the values and test statistics seen, the weight timeline
+//! with when each write took effect at the proxies, stage timings), a Markdown summary for
+//! people, an SVG chart (weight over time; error rate, p95 and drift for baseline vs canary),
+//! and the `status` view.
 
 use std::path::{Path, PathBuf};
 
 use crate::core::spec::{HumanDuration, RolloutSpec};
-use crate::core::step::{Outcome, RolloutState};
+use crate::core::step::{History, Outcome, RolloutState};
 use crate::error::Error;
 
 mod json;
@@ -40,6 +41,14 @@ fn outcome_text(state: &RolloutState) -> &'static str {
     }
 }
 
+/// How long after `issued_ms` a write took effect at the proxies, or a dash when unconfirmed.
+fn lag(issued_ms: u64, applied_ms: Option<u64>) -> String {
+    applied_ms.map_or_else(
+        || "–".to_string(),
+        |a| format!("+{}", HumanDuration(a.saturating_sub(issued_ms))),
+    )
+}
+
 /// A table cell: the value with `digits` decimals and its unit, or a dash.
 fn cell(v: Option<f64>, digits: usize, unit: &str) -> String {
     v.map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}{unit}"))
@@ -49,14 +58,15 @@ fn cell(v: Option<f64>, digits: usize, unit: &str) -> String {
 pub fn write_reports(
     spec: &RolloutSpec,
     state: &RolloutState,
+    history: &History,
     dir: &Path,
 ) -> Result<Vec<PathBuf>, Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-    let json = serde_json::to_string_pretty(&render_json(spec, state))?;
+    let json = serde_json::to_string_pretty(&render_json(spec, state, history))?;
     let files = [
         ("report.json", json),
-        ("report.md", render_markdown(spec, state)),
-        ("report.svg", render_svg(spec, state)),
+        ("report.md", render_markdown(spec, state, history)),
+        ("report.svg", render_svg(spec, state, history)),
     ];
     let mut out = Vec::new();
     for (name, body) in files {
@@ -66,4 +76,3 @@ pub fn write_reports(
     }
     Ok(out)
 }
-

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::core::spec::{HumanDuration, RolloutSpec};
-use crate::core::step::{pct, Decision, Outcome, Phase, RolloutState};
+use crate::core::step::{pct, Decision, History, Outcome, Phase, RolloutState};
 
 /// What `aviaryctl status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,8 +35,8 @@ pub struct Status {
     pub source_errors: u64,
 }
 
-/// The status view of `state` at `now_ms`.
-pub fn status(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> Status {
+/// The status view of `state` (and its `history`) at `now_ms`.
+pub fn status(spec: &RolloutSpec, state: &RolloutState, history: &History, now_ms: u64) -> Status {
     let running = !state.phase.is_terminal() && state.phase != Phase::Pending;
     Status {
         rollout: spec.metadata.name.clone(),
@@ -55,7 +55,7 @@ pub fn status(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> Status {
         holding_ms: state.hold_since_ms.map(|h| now_ms.saturating_sub(h)),
         awaiting_confirmation: state.awaiting.is_some(),
         outcome: state.outcome,
-        last_decision: state.decisions.last().cloned(),
+        last_decision: history.last_decision().cloned(),
         source_errors: state.source_errors,
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::{origin, outcome_text, rel};
 use crate::core::gates::{MetricPoint, Verdict};
 use crate::core::spec::{DriftMetric, RolloutSpec};
-use crate::core::step::{Decision, RolloutState};
+use crate::core::step::{Decision, History, RolloutState};
 
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -61,13 +61,13 @@ impl Panel {
 /// An SVG chart: canary weight over time as a step line (square-root scale, so 1% is
 /// visible next to 100%), then error rate, p95 latency and drift for baseline and canary at
 /// each evaluation. Rollbacks are marked with a dashed red line, failed checks with red dots.
-pub fn render_svg(spec: &RolloutSpec, state: &RolloutState) -> String {
+pub fn render_svg(spec: &RolloutSpec, state: &RolloutState, history: &History) -> String {
     let origin = origin(state);
     let last = state
         .finished_ms
         .into_iter()
-        .chain(state.decisions.iter().map(|d| d.at_ms))
-        .chain(state.timeline.iter().map(|t| t.at_ms))
+        .chain(history.decisions.iter().map(|d| d.at_ms))
+        .chain(history.timeline.iter().map(|t| t.at_ms))
         .max()
         .unwrap_or(origin)
         .max(origin + 1_000);
@@ -76,7 +76,7 @@ pub fn render_svg(spec: &RolloutSpec, state: &RolloutState) -> String {
     let span = (end - origin) as f64;
     let plot_w = W - LEFT - RIGHT;
     let x = |ms: u64| LEFT + plot_w * (ms.saturating_sub(origin) as f64 / span);
-    let points: Vec<&Decision> = state
+    let points: Vec<&Decision> = history
         .decisions
         .iter()
         .filter(|d| d.metrics.is_some())
@@ -201,7 +201,7 @@ pub fn render_svg(spec: &RolloutSpec, state: &RolloutState) -> String {
     // Weight: a step line; the kill switch (rollback) is a dashed red line.
     let mut path = String::new();
     let mut prev_y: Option<f64> = None;
-    for t in &state.timeline {
+    for t in &history.timeline {
         let (px, py) = (x(t.at_ms), weight.y(f64::from(t.canary_bps) / 100.0));
         match prev_y {
             None => {
@@ -238,7 +238,7 @@ pub fn render_svg(spec: &RolloutSpec, state: &RolloutState) -> String {
             r#"<path d="{path}" fill="none" stroke="{CANARY_COLOUR}" stroke-width="2"/>"#
         );
     }
-    for d in state
+    for d in history
         .decisions
         .iter()
         .filter(|d| d.gates.iter().any(|g| g.verdict == Verdict::Fail))

@@ -1,14 +1,18 @@
 //! The I/O loop around the pure decision step.
 //!
 //! Every tick (20 ms by default) the runner drains operator commands, takes any metrics read
-//! the background reader finished (one every `poll_interval`), feeds each input to [`step`]
+//! the background reader finished (one every `poll_interval`) and any confirmation of a
+//! config write the apply watcher got from the proxies, feeds each as an input to [`step`]
 //! and carries out the returned actions in order: config writes go to every sink before
-//! anything else happens, the state is persisted whenever the step asks (with fsync whenever
-//! the batch changes traffic), notifications and confirmation requests run on background
-//! threads so a slow webhook never delays a rollback. After each write a watcher polls the
-//! proxies (admin endpoints, or Prometheus) until they report the new config digest, and the
-//! runner records the latencies (evaluation to file in place and to durable, write to
-//! applied) in the event log next to the state file.
+//! anything else happens; on `Persist` the step's records are appended to the records log
+//! and then the state is saved (both fsynced whenever the batch changes traffic);
+//! notifications and confirmation requests run on background threads so a slow webhook never
+//! delays a rollback. After each write the watcher polls the proxies (admin endpoints, or
+//! Prometheus) until they report the new config digest; the runner feeds that back as
+//! [`Input::Applied`] and logs the latencies (evaluation to file in place and to durable,
+//! write to applied) in the event log next to the state file.
+//!
+//! [`step`]: crate::core::step::step
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,45 +22,41 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aviary_contract::config::PluginConfig;
-use aviary_contract::units::micros;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::clock::{system_now_ms, Clock};
-use crate::core::spec::{Event, RolloutSpec};
+use crate::core::spec::RolloutSpec;
 use crate::core::step::{
-    pct, step, Action, Command, ConfigWrite, Decision, Input, Notification, Observation, Outcome,
-    RolloutState,
+    Applied, Command, ConfigWrite, History, Input, Notification, Observation, Outcome, RolloutState,
 };
-use crate::edges::sink::{sinks_for, ConfigSink, WriteReceipt};
-use crate::edges::source::{
-    prometheus_selector, source_for, ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource,
-};
+use crate::edges::records::RecordLog;
+use crate::edges::sink::ConfigSink;
 use crate::edges::store::{CommandAck, QueuedCommand, StateLock, StateStore};
-use crate::edges::webhook::{
-    Approval, Approver, BackgroundNotifier, FanoutNotifier, Notifier, WebhookNotifier,
-};
+use crate::edges::webhook::{Approver, BackgroundNotifier};
 use crate::error::Error;
 use crate::report;
 
+mod act;
+mod components;
+mod events;
+mod journal;
 mod output;
 mod pump;
 mod watcher;
 
+pub use components::Components;
+pub use events::{RunnerEvent, WriteRecord};
 pub use output::LogMode;
 pub use watcher::ApplyRecord;
 
+use events::Trigger;
+use journal::Journal;
 use output::{emit, progress_line};
 use pump::{spawn_pump, Pump};
-use watcher::{spawn_watcher, weights_of, ApplyJob, Expect};
+use watcher::{spawn_watcher, Answer, ApplyJob};
 
 /// How often an unchanged metrics read error is logged again.
 const SOURCE_ERROR_EVERY: Duration = Duration::from_secs(10);
-
-/// Backoff bounds of write and persist retries.
-const RETRY_MIN_MS: u64 = 50;
-const RETRY_MAX_MS: u64 = 2_000;
 
 /// Runner tuning.
 #[derive(Debug, Clone)]
@@ -88,154 +88,14 @@ impl Default for RunnerOptions {
     }
 }
 
-/// The edges a runner drives.
-pub struct Components {
-    pub source: Box<dyn MetricsSource + Send>,
-    pub sinks: Vec<Box<dyn ConfigSink + Send>>,
-    /// Receives every notification (filtering by event is the notifier's business).
-    pub notifier: Option<Box<dyn Notifier>>,
-    /// Asked on confirmation gates; all that answer for the event must approve.
-    pub approvers: Vec<Arc<dyn Approver>>,
-    /// Confirms that proxies applied a write.
-    pub probe: Option<Box<dyn ApplyProbe + Send>>,
-}
-
-impl Components {
-    /// The source, sinks, webhooks and apply probe a spec declares.
-    pub fn from_spec(spec: &RolloutSpec) -> Result<Components, Error> {
-        let hooks: Vec<WebhookNotifier> = spec
-            .spec
-            .webhooks
-            .iter()
-            .map(WebhookNotifier::from_spec)
-            .collect();
-        let approvers: Vec<Arc<dyn Approver>> = hooks
-            .iter()
-            .filter(|h| {
-                h.listens(Event::ConfirmPromotion) || h.listens(Event::ConfirmTrafficIncrease)
-            })
-            .map(|h| Arc::new(h.clone()) as Arc<dyn Approver>)
-            .collect();
-        let notifier: Option<Box<dyn Notifier>> = if hooks.is_empty() {
-            None
-        } else {
-            let all: Vec<Box<dyn Notifier>> = hooks
-                .into_iter()
-                .map(|h| Box::new(h) as Box<dyn Notifier>)
-                .collect();
-            Some(Box::new(FanoutNotifier(all)))
-        };
-        let m = &spec.spec.metrics;
-        // Admin endpoints answer within milliseconds of an update; Prometheus only after its
-        // next scrape, but still tells whether every proxy took the config.
-        let probe: Option<Box<dyn ApplyProbe + Send>> = if !m.envoy_admin.is_empty() {
-            Some(Box::new(EnvoyAdminSource::with_timeout(
-                m.envoy_admin.iter().cloned(),
-                m.timeout
-                    .as_std()
-                    .clamp(Duration::from_millis(50), Duration::from_millis(500)),
-            )))
-        } else {
-            m.prometheus.as_ref().map(|p| {
-                Box::new(
-                    PrometheusSource::new(&p.url)
-                        .timeout(m.timeout.as_std())
-                        .selector(prometheus_selector(&p.labels)),
-                ) as Box<dyn ApplyProbe + Send>
-            })
-        };
-        Ok(Components {
-            source: source_for(spec)?,
-            sinks: sinks_for(spec)?,
-            notifier,
-            approvers,
-            probe,
-        })
-    }
-}
-
-/// What caused an input, for latency accounting.
-#[derive(Debug, Clone, Copy)]
-enum Trigger {
-    Start,
-    Observation(Instant),
-    Command(Instant),
-    Confirmation(Instant),
-    Retry,
-}
-
-impl Trigger {
-    fn name(self) -> &'static str {
-        match self {
-            Trigger::Start => "start",
-            Trigger::Observation(_) => "observation",
-            Trigger::Command(_) => "command",
-            Trigger::Confirmation(_) => "confirmation",
-            Trigger::Retry => "retry",
-        }
-    }
-
-    fn at(self) -> Option<Instant> {
-        match self {
-            Trigger::Observation(t) | Trigger::Command(t) | Trigger::Confirmation(t) => Some(t),
-            Trigger::Start | Trigger::Retry => None,
-        }
-    }
-}
-
-/// One config write as recorded in the event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WriteRecord {
-    /// Sequence number within this runner process.
-    pub seq: u64,
-    pub at_ms: u64,
-    /// What caused it: `start`, `observation`, `command`, `confirmation` or `retry`.
-    pub trigger: String,
-    pub reason: String,
-    pub canary_bps: u32,
-    pub rollback: bool,
-    /// Time in the decision step, microseconds.
-    pub decide_us: u64,
-    /// Time writing all sinks durably, microseconds.
-    pub write_us: u64,
-    /// From the trigger (metrics read returned, command read) to the last sink write durable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trigger_to_write_us: Option<u64>,
-    /// From the trigger to the first sink's new file being in place (what the proxy acts on).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trigger_to_visible_us: Option<u64>,
-    /// Low 48 bits of the written config's digest, when a sink knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest48: Option<u64>,
-    pub receipts: Vec<WriteReceipt>,
-    /// Sink errors; a failed write is retried every tick.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-}
-
-/// Lines of the event log (`<stem>.events.jsonl`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
-pub enum RunnerEvent {
-    Write(WriteRecord),
-    Applied(ApplyRecord),
-    Command(CommandAck),
-}
-
-/// The per-input result the command acks need.
-#[derive(Default)]
-struct Handled {
-    rejected: Option<String>,
-    write_us: Option<u64>,
-}
-
 /// Drives one rollout until it ends.
 pub struct Runner {
     spec: RolloutSpec,
     store: StateStore,
     _lock: StateLock,
     state: RolloutState,
+    /// The records log and the records waiting to be appended to it.
+    journal: Journal,
     clock: Arc<dyn Clock>,
     opts: RunnerOptions,
     sinks: Vec<Box<dyn ConfigSink + Send>>,
@@ -245,7 +105,7 @@ pub struct Runner {
     confirm_tx: Sender<(Input, Instant)>,
     confirm_rx: Receiver<(Input, Instant)>,
     apply_tx: Option<Sender<ApplyJob>>,
-    apply_rx: Option<Receiver<ApplyRecord>>,
+    apply_rx: Option<Receiver<Answer>>,
     pending_applies: usize,
     write_seq: u64,
     /// A write or persist failed; retried every tick until it succeeds.
@@ -262,8 +122,9 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Takes the rollout lock, loads (or creates) the state and starts the background
-    /// threads. Fails if another driver holds the lock or the state belongs to another rollout.
+    /// Takes the rollout lock, loads (or creates) the state, cuts the records log back to what
+    /// the state counts, and starts the background threads. Fails if another driver holds the
+    /// lock or the state belongs to another rollout.
     pub fn new(
         spec: RolloutSpec,
         store: StateStore,
@@ -272,24 +133,30 @@ impl Runner {
         opts: RunnerOptions,
     ) -> Result<Runner, Error> {
         let lock = store.lock()?;
-        let now = clock.now_ms();
-        let state = match store.load::<RolloutState>()? {
-            Some(s) if s.name != spec.metadata.name => {
-                return Err(Error::State {
-                    path: store.state_path().display().to_string(),
-                    message: format!(
-                        "holds rollout {:?}, not {:?}; use another --state-dir",
-                        s.name, spec.metadata.name
-                    ),
-                })
-            }
-            Some(s) => s,
-            None => {
-                let s = RolloutState::new(&spec, now);
-                store.save(&s)?;
-                s
-            }
-        };
+        let state = load_state(&spec, &store, clock.now_ms())?;
+        let (journal, trimmed) = Journal::open(RecordLog::beside(&store), &state)?;
+        if trimmed.cut_bytes > 0 || trimmed.next < state.records {
+            emit(
+                opts.log,
+                if trimmed.next < state.records {
+                    "warn"
+                } else {
+                    "info"
+                },
+                "records_trimmed",
+                &format!(
+                    "records log: kept {} records, cut {} bytes the saved state does not count{}",
+                    trimmed.kept,
+                    trimmed.cut_bytes,
+                    if trimmed.next < state.records {
+                        format!("; records {}..{} are missing", trimmed.next, state.records)
+                    } else {
+                        String::new()
+                    }
+                ),
+                json!({"kept": trimmed.kept, "cutBytes": trimmed.cut_bytes, "counted": state.records}),
+            );
+        }
         store.save_spec(&spec)?;
         let service = spec.service().to_string();
         let poll = Duration::from_millis(spec.poll_interval_ms());
@@ -326,6 +193,7 @@ impl Runner {
             store,
             _lock: lock,
             state,
+            journal,
             clock,
             opts,
             sinks: components.sinks,
@@ -353,6 +221,12 @@ impl Runner {
     /// The current state.
     pub fn state(&self) -> &RolloutState {
         &self.state
+    }
+
+    /// What happened so far: the records log of the current state, plus any records not yet
+    /// appended to it.
+    pub fn history(&self) -> Result<History, Error> {
+        self.journal.history(&self.state)
     }
 
     /// A flag that makes [`run`](Self::run) return (without an outcome) at the next tick.
@@ -410,42 +284,8 @@ impl Runner {
                 return Ok(());
             }
         }
-        self.drain_applies();
-        let poll_ms = self.spec.poll_interval_ms();
-        let now = self.clock.now_ms();
-        let service = self.spec.service().to_string();
-        let observed = match &mut self.pump {
-            Pump::Inline {
-                source,
-                next_due_ms,
-            } => {
-                if now >= *next_due_ms {
-                    *next_due_ms = now + poll_ms;
-                    let r = source.snapshot(&service).map_err(|e| e.to_string());
-                    Some((r, Instant::now()))
-                } else {
-                    self.clock.sleep(self.opts.tick);
-                    None
-                }
-            }
-            Pump::Background { rx, .. } => match rx.recv_timeout(self.opts.tick) {
-                // Counters are cumulative, so if reads queued up while the loop was busy only
-                // the newest matters: the step sees the same totals, sooner.
-                Ok(mut r) => {
-                    while let Ok(newer) = rx.try_recv() {
-                        if newer.0.is_ok() || r.0.is_err() {
-                            r = newer;
-                        }
-                    }
-                    Some(r)
-                }
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Invalid("the metrics reader thread stopped".into()))
-                }
-            },
-        };
-        if let Some((result, at)) = observed {
+        self.drain_applies()?;
+        if let Some((result, at)) = self.read_metrics()? {
             let input = match result {
                 Ok(s) => Observation::of(s),
                 Err(e) => {
@@ -459,13 +299,53 @@ impl Runner {
         Ok(())
     }
 
+    /// The next metrics read, if one is due (inline) or arrived within a tick (background).
+    #[allow(clippy::type_complexity)]
+    fn read_metrics(
+        &mut self,
+    ) -> Result<Option<(Result<crate::core::observe::Snapshot, String>, Instant)>, Error> {
+        let poll_ms = self.spec.poll_interval_ms();
+        let now = self.clock.now_ms();
+        let service = self.spec.service().to_string();
+        match &mut self.pump {
+            Pump::Inline {
+                source,
+                next_due_ms,
+            } => {
+                if now >= *next_due_ms {
+                    *next_due_ms = now + poll_ms;
+                    let r = source.snapshot(&service).map_err(|e| e.to_string());
+                    return Ok(Some((r, Instant::now())));
+                }
+                self.clock.sleep(self.opts.tick);
+                Ok(None)
+            }
+            Pump::Background { rx, .. } => match rx.recv_timeout(self.opts.tick) {
+                // Counters are cumulative, so if reads queued up while the loop was busy only
+                // the newest matters: the step sees the same totals, sooner.
+                Ok(mut r) => {
+                    while let Ok(newer) = rx.try_recv() {
+                        if newer.0.is_ok() || r.0.is_err() {
+                            r = newer;
+                        }
+                    }
+                    Ok(Some(r))
+                }
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    Err(Error::Invalid("the metrics reader thread stopped".into()))
+                }
+            },
+        }
+    }
+
     /// Applies one command (used by the CLI when no driver is running) and returns its ack.
     pub fn apply_command(&mut self, q: &QueuedCommand) -> Result<CommandAck, Error> {
         self.command(q)
     }
 
     /// Stops the background threads, waits (bounded) for notifications and the last apply
-    /// confirmation, and writes the reports. Returns the outcome.
+    /// confirmation (which the step records), and writes the reports. Returns the outcome.
     pub fn finish(mut self) -> Result<Option<Outcome>, Error> {
         self.clear_progress();
         if self.write_pending {
@@ -479,7 +359,7 @@ impl Runner {
         let deadline = Instant::now() + self.opts.apply_timeout.min(Duration::from_secs(2));
         while self.pending_applies > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
-            self.drain_applies();
+            self.drain_applies()?;
         }
         if let Some(n) = &self.notifier {
             if !n.flush(self.opts.notify_flush) {
@@ -498,20 +378,7 @@ impl Runner {
             }
         }
         if let Some(outcome) = self.outcome {
-            let dir = self
-                .opts
-                .report_dir
-                .clone()
-                .or_else(|| self.spec.spec.report_dir.as_ref().map(PathBuf::from));
-            if let Some(dir) = dir {
-                let paths = report::write_reports(&self.spec, &self.state, &dir)?;
-                self.log(
-                    "info",
-                    "report",
-                    &format!("reports written to {}", dir.display()),
-                    json!({"paths": paths}),
-                );
-            }
+            self.write_reports()?;
             self.log(
                 "info",
                 "runner_done",
@@ -520,6 +387,26 @@ impl Runner {
             );
         }
         Ok(self.outcome)
+    }
+
+    fn write_reports(&self) -> Result<(), Error> {
+        let dir = self
+            .opts
+            .report_dir
+            .clone()
+            .or_else(|| self.spec.spec.report_dir.as_ref().map(PathBuf::from));
+        let Some(dir) = dir else {
+            return Ok(());
+        };
+        let history = self.history()?;
+        let paths = report::write_reports(&self.spec, &self.state, &history, &dir)?;
+        self.log(
+            "info",
+            "report",
+            &format!("reports written to {}", dir.display()),
+            json!({"paths": paths}),
+        );
+        Ok(())
     }
 
     fn drain_commands(&mut self) -> Result<(), Error> {
@@ -546,23 +433,16 @@ impl Runner {
             &format!("command {}", command_name(&q.command)),
             json!({"id": q.id, "command": q.command}),
         );
-        let before = self.state.decisions.len();
         let h = self.handle(
             Input::Command(q.command.clone()),
             Trigger::Command(received),
         )?;
-        let message = h.rejected.clone().unwrap_or_else(|| {
-            self.state.decisions[before.min(self.state.decisions.len())..]
-                .last()
-                .map(|d| d.reason.clone())
-                .unwrap_or_default()
-        });
         let ack = CommandAck {
             id: q.id.clone(),
             received_at_ms: received_ms,
             done_at_ms: system_now_ms(),
             accepted: h.rejected.is_none(),
-            message,
+            message: h.rejected.or(h.decided).unwrap_or_default(),
             phase: Some(self.state.stage_label()),
             write_us: h.write_us,
         };
@@ -574,254 +454,20 @@ impl Runner {
                 json!({"error": e.to_string()}),
             );
         }
-        self.record(&RunnerEvent::Command(ack.clone()));
+        self.record_event(&RunnerEvent::Command(ack.clone()));
         Ok(ack)
     }
 
-    /// Feeds one input to the step and carries out its actions in order.
-    fn handle(&mut self, input: Input, trigger: Trigger) -> Result<Handled, Error> {
-        let now = self.clock.now_ms();
-        let t0 = Instant::now();
-        let before = self.state.decisions.len();
-        let (state, actions) = step(&self.spec, self.state.clone(), &input, now);
-        let decide_us = micros(t0.elapsed());
-        self.state = state;
-        let new: Vec<Decision> =
-            self.state.decisions[before.min(self.state.decisions.len())..].to_vec();
-        for d in &new {
-            self.log_decision(d);
-        }
-        let mut handled = Handled::default();
-        let mut persist_failed = false;
-        // A batch that only records an observation need not reach the platter; anything that
-        // changes traffic, ends the rollout or talks to people does.
-        let durable = actions.iter().any(|a| !matches!(a, Action::Persist));
-        for action in actions {
-            match action {
-                Action::WriteConfig(w) => {
-                    if persist_failed && !w.rollback {
-                        // Never raise traffic that the state cannot record: the retry
-                        // writes it once the state is saved.
-                        self.write_pending = true;
-                        continue;
-                    }
-                    let rec = self.write(
-                        &w.config,
-                        &w.reason,
-                        w.canary_bps,
-                        w.rollback,
-                        decide_us,
-                        trigger,
-                    );
-                    handled.write_us = Some(rec.write_us);
-                }
-                Action::Persist => {
-                    if let Err(e) = self.store.save_with(&self.state, durable) {
-                        persist_failed = true;
-                        self.persist_pending = true;
-                        self.log(
-                            "error",
-                            "persist_failed",
-                            &e.to_string(),
-                            json!({"error": e.to_string()}),
-                        );
-                    } else {
-                        self.persist_pending = false;
-                    }
-                }
-                Action::Notify(n) => {
-                    if let Some(bg) = &self.notifier {
-                        self.log(
-                            "info",
-                            "notify",
-                            &format!("notify {}", n.event),
-                            json!({"webhookEvent": n.event}),
-                        );
-                        bg.send(n);
-                    }
-                }
-                Action::AskConfirmation(n) => self.ask(n),
-                Action::Done(o) => self.outcome = Some(o),
-                Action::Rejected { reason } => {
-                    self.log("warn", "rejected", &reason, json!({"reason": reason}));
-                    handled.rejected = Some(reason);
-                }
-            }
-        }
-        Ok(handled)
-    }
-
-    fn write(
-        &mut self,
-        config: &PluginConfig,
-        reason: &str,
-        canary_bps: u32,
-        rollback: bool,
-        decide_us: u64,
-        trigger: Trigger,
-    ) -> WriteRecord {
-        let w0 = Instant::now();
-        let mut receipts = Vec::new();
-        let mut errors = Vec::new();
-        for sink in &self.sinks {
-            match sink.write(config) {
-                Ok(r) => receipts.push(r),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        let done = Instant::now();
-        self.write_seq += 1;
-        let digest48 = receipts.iter().find_map(WriteReceipt::digest48);
-        let rec = WriteRecord {
-            seq: self.write_seq,
-            at_ms: system_now_ms(),
-            trigger: trigger.name().into(),
-            reason: reason.to_string(),
-            canary_bps,
-            rollback,
-            decide_us,
-            write_us: micros(done - w0),
-            trigger_to_write_us: trigger
-                .at()
-                .map(|t| micros(done.saturating_duration_since(t))),
-            trigger_to_visible_us: trigger.at().and_then(|t| {
-                let first = receipts.first()?;
-                let visible = w0 + Duration::from_micros(first.visible_us);
-                Some(micros(visible.saturating_duration_since(t)))
-            }),
-            digest48,
-            receipts,
-            errors,
-        };
-        self.write_pending = !rec.errors.is_empty();
-        let level = if rec.errors.is_empty() {
-            "info"
-        } else {
-            "error"
-        };
-        self.log(
-            level,
-            "write",
-            &format!(
-                "wrote canary {}{} in {:.2} ms{}",
-                pct(canary_bps),
-                if rollback {
-                    " (kill switch → baseline)"
-                } else {
-                    ""
-                },
-                rec.write_us as f64 / 1e3,
-                if rec.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!("; FAILED: {}", rec.errors.join("; "))
-                }
-            ),
-            serde_json::to_value(&rec).unwrap_or(Value::Null),
-        );
-        self.record(&RunnerEvent::Write(rec.clone()));
-        if rec.errors.is_empty() {
-            if let Some(tx) = &self.apply_tx {
-                let expect = match digest48 {
-                    Some(d) => Expect::Digest(d),
-                    None => Expect::Weights(weights_of(config)),
-                };
-                let job = ApplyJob {
-                    seq: rec.seq,
-                    expect,
-                    written: done,
-                    trigger: trigger.at(),
-                };
-                if tx.send(job).is_ok() {
-                    self.pending_applies += 1;
-                }
-            }
-        }
-        rec
-    }
-
-    fn retry_pending(&mut self) {
-        if !self.persist_pending && !self.write_pending {
-            self.retry_backoff_ms = 0;
-            return;
-        }
-        let now = self.clock.now_ms();
-        if now < self.next_retry_ms {
-            return;
-        }
-        self.retry_backoff_ms = (self.retry_backoff_ms * 2).clamp(RETRY_MIN_MS, RETRY_MAX_MS);
-        self.next_retry_ms = now + self.retry_backoff_ms;
-        if self.persist_pending {
-            match self.store.save(&self.state) {
-                Ok(()) => self.persist_pending = false,
-                Err(_) => return,
-            }
-        }
-        if self.write_pending {
-            let config = self.state.desired_config(&self.spec);
-            let rollback = config.kill_switch.is_some();
-            let bps = if rollback { 0 } else { self.state.canary_bps };
-            self.write(
-                &config,
-                "retrying a failed write",
-                bps,
-                rollback,
-                0,
-                Trigger::Retry,
-            );
-        }
-    }
-
-    fn ask(&mut self, n: Notification) {
-        let approvers: Vec<Arc<dyn Approver>> = self
-            .approvers
-            .iter()
-            .filter(|a| a.answers(n.event))
-            .cloned()
-            .collect();
-        self.log(
-            "info",
-            "confirm",
-            &format!("asking {} webhook(s): {}", approvers.len(), n.event),
-            json!({"webhookEvent": n.event, "approvers": approvers.len()}),
-        );
-        let tx = self.confirm_tx.clone();
-        thread::spawn(move || {
-            let mut approved = !approvers.is_empty();
-            let mut details = Vec::new();
-            for a in &approvers {
-                match a.confirm(&n) {
-                    Ok(Approval::Approved) => {}
-                    Ok(Approval::Rejected { reason }) => {
-                        approved = false;
-                        details.push(format!("rejected: {reason}"));
-                    }
-                    Ok(Approval::Pending) => {
-                        approved = false;
-                        details.push("no decision yet".into());
-                    }
-                    Err(e) => {
-                        approved = false;
-                        details.push(e.to_string());
-                    }
-                }
-            }
-            if approvers.is_empty() {
-                details.push("no webhook answers this event".into());
-            }
-            let detail = (!details.is_empty()).then(|| details.join("; "));
-            let _ = tx.send((Input::Confirmation { approved, detail }, Instant::now()));
-        });
-    }
-
-    fn drain_applies(&mut self) {
-        let mut records = Vec::new();
+    /// Logs the watcher's answers; each confirmed write goes to the step as an input.
+    fn drain_applies(&mut self) -> Result<(), Error> {
+        let mut answers = Vec::new();
         if let Some(rx) = &self.apply_rx {
             while let Ok(r) = rx.try_recv() {
-                records.push(r);
+                answers.push(r);
             }
         }
-        for r in records {
+        for answer in answers {
+            let r = &answer.record;
             self.pending_applies = self.pending_applies.saturating_sub(1);
             let level = if r.applied { "info" } else { "warn" };
             let msg = if r.applied {
@@ -835,11 +481,17 @@ impl Runner {
                 &msg,
                 serde_json::to_value(&r).unwrap_or(Value::Null),
             );
-            self.record(&RunnerEvent::Applied(r));
+            self.record_event(&RunnerEvent::Applied(r.clone()));
+            if r.applied && r.write > 0 {
+                let at_ms = answer.applied_ms(self.clock.now_ms());
+                let input = Applied::input(r.write, at_ms, r.digest48);
+                self.handle(input, Trigger::Applied(answer.confirmed))?;
+            }
         }
+        Ok(())
     }
 
-    fn record(&self, event: &RunnerEvent) {
+    fn record_event(&self, event: &RunnerEvent) {
         if let Err(e) = self.store.append_event(event) {
             self.log(
                 "error",
@@ -882,27 +534,6 @@ impl Runner {
         self.last_source_error = Some((e.to_string(), now, 0));
     }
 
-    fn log_decision(&mut self, d: &Decision) {
-        let gates: Vec<Value> = d
-            .gates
-            .iter()
-            .map(|g| json!({"gate": g.gate, "verdict": g.verdict, "reason": g.reason}))
-            .collect();
-        self.log(
-            "info",
-            "decision",
-            &format!("{:<14} {:?}: {}", d.stage, d.kind, d.reason),
-            json!({
-                "kind": d.kind,
-                "stage": d.stage,
-                "canaryBps": d.canary_bps,
-                "reason": d.reason,
-                "failedChecks": d.failed_checks,
-                "gates": gates,
-            }),
-        );
-    }
-
     fn log(&self, level: &str, event: &str, msg: &str, fields: Value) {
         if self.progress_shown && self.opts.log == LogMode::Human {
             print!("\r\x1b[2K");
@@ -930,12 +561,32 @@ impl Runner {
             return;
         }
         self.last_progress = Some(Instant::now());
-        let line = progress_line(&self.spec, &self.state, self.clock.now_ms());
+        let now = self.clock.now_ms();
+        let line = progress_line(&self.spec, &self.state, self.journal.last_judged(), now);
         let width = 160;
         let line: String = line.chars().take(width).collect();
         print!("\r\x1b[2K{line}");
         let _ = std::io::stdout().flush();
         self.progress_shown = true;
+    }
+}
+
+/// The saved state of `spec`'s rollout, or a new one (saved at once).
+fn load_state(spec: &RolloutSpec, store: &StateStore, now: u64) -> Result<RolloutState, Error> {
+    match store.load::<RolloutState>()? {
+        Some(s) if s.name != spec.metadata.name => Err(Error::State {
+            path: store.state_path().display().to_string(),
+            message: format!(
+                "holds rollout {:?}, not {:?}; use another --state-dir",
+                s.name, spec.metadata.name
+            ),
+        }),
+        Some(s) => Ok(s),
+        None => {
+            let s = RolloutState::new(spec, now);
+            store.save(&s)?;
+            Ok(s)
+        }
     }
 }
 
@@ -957,6 +608,7 @@ pub fn desired_config(spec: &RolloutSpec, state: Option<&RolloutState>) -> Confi
             let config = s.desired_config(spec);
             let rollback = config.kill_switch.is_some();
             ConfigWrite {
+                write: s.writes,
                 config,
                 canary_bps: if rollback { 0 } else { s.canary_bps },
                 rollback,
@@ -964,6 +616,7 @@ pub fn desired_config(spec: &RolloutSpec, state: Option<&RolloutState>) -> Confi
             }
         }
         None => ConfigWrite {
+            write: 0,
             config: spec.spec.config.plugin_config.clone(),
             canary_bps: 0,
             rollback: false,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::clock::system_now_ms;
 use crate::core::gates::Verdict;
 use crate::core::spec::RolloutSpec;
-use crate::core::step::{pct, Phase, RolloutState};
+use crate::core::step::{pct, Decision, Phase, RolloutState};
 
 /// How the runner reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +62,14 @@ pub(super) fn emit(mode: LogMode, level: &str, event: &str, msg: &str, fields: V
     }
 }
 
-/// The live progress line: step, canary weight, bake progress, failed checks and the last
-/// gates' verdicts.
-pub(super) fn progress_line(spec: &RolloutSpec, state: &RolloutState, now: u64) -> String {
+/// The live progress line: step, canary weight, bake progress, failed checks and the verdicts
+/// of the last decision that judged gates.
+pub(super) fn progress_line(
+    spec: &RolloutSpec,
+    state: &RolloutState,
+    last_judged: Option<&Decision>,
+    now: u64,
+) -> String {
     let s = state;
     let interval = spec.interval_ms().max(1);
     let baked = now.saturating_sub(s.window_started_ms).min(interval);
@@ -75,11 +80,7 @@ pub(super) fn progress_line(spec: &RolloutSpec, state: &RolloutState, now: u64) 
         Phase::Canary { step } => format!("step {}/{}", step + 1, s.schedule.len()),
         _ => s.stage_label(),
     };
-    let gates = s
-        .decisions
-        .iter()
-        .rev()
-        .find(|d| !d.gates.is_empty())
+    let gates = last_judged
         .map(|d| {
             d.gates
                 .iter()

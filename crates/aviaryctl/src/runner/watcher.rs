@@ -1,5 +1,6 @@
 //! The apply watcher: after each config write, polls the proxies until they report the new
-//! config (digest or weights) and records how long that took.
+//! config (digest or weights) and records how long that took. A confirmation goes back to the
+//! step as [`Input::Applied`](crate::core::step::Input::Applied).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -16,8 +17,11 @@ use crate::edges::source::ApplyProbe;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyRecord {
-    /// The [`WriteRecord::seq`] confirmed.
+    /// The [`WriteRecord::seq`](super::WriteRecord::seq) confirmed.
     pub seq: u64,
+    /// The step's number of the write confirmed.
+    #[serde(default)]
+    pub write: u64,
     pub at_ms: u64,
     /// Whether every proxy reported the config.
     pub applied: bool,
@@ -26,7 +30,28 @@ pub struct ApplyRecord {
     /// From the trigger to the last proxy reporting it, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_to_apply_ms: Option<f64>,
+    /// The config digest the proxies reported, when the write was matched by digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest48: Option<u64>,
     pub detail: String,
+}
+
+/// The watcher's answer about one write.
+pub(super) struct Answer {
+    pub(super) record: ApplyRecord,
+    /// When the answer was known.
+    pub(super) confirmed: Instant,
+    /// [`ApplyJob::written_ms`].
+    pub(super) written_ms: u64,
+}
+
+impl Answer {
+    /// When the write took effect on a clock reading `now_ms` now: that, less how long ago
+    /// the proxies confirmed it, and never before the write.
+    pub(super) fn applied_ms(&self, now_ms: u64) -> u64 {
+        let ago = u64::try_from(self.confirmed.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now_ms.saturating_sub(ago).max(self.written_ms)
+    }
 }
 
 /// What the proxies must report for a write to count as applied.
@@ -39,6 +64,9 @@ pub(super) enum Expect {
 /// One write for the watcher to confirm.
 pub(super) struct ApplyJob {
     pub(super) seq: u64,
+    pub(super) write: u64,
+    /// When the write was done, on the runner's clock.
+    pub(super) written_ms: u64,
     pub(super) expect: Expect,
     pub(super) written: Instant,
     pub(super) trigger: Option<Instant>,
@@ -57,7 +85,7 @@ pub(super) fn spawn_watcher(
     probe: Box<dyn ApplyProbe + Send>,
     service: String,
     timeout: Duration,
-) -> (Sender<ApplyJob>, Receiver<ApplyRecord>) {
+) -> (Sender<ApplyJob>, Receiver<Answer>) {
     let (job_tx, job_rx) = mpsc::channel::<ApplyJob>();
     let (res_tx, res_rx) = mpsc::channel();
     thread::spawn(move || {
@@ -72,15 +100,25 @@ pub(super) fn spawn_watcher(
             };
             let record = |applied: bool, detail: String| {
                 let now = Instant::now();
-                ApplyRecord {
+                let rec = ApplyRecord {
                     seq: job.seq,
+                    write: job.write,
                     at_ms: system_now_ms(),
                     applied,
                     apply_ms: now.saturating_duration_since(job.written).as_secs_f64() * 1e3,
                     trigger_to_apply_ms: job
                         .trigger
                         .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3),
+                    digest48: match job.expect {
+                        Expect::Digest(d) if applied => Some(d),
+                        _ => None,
+                    },
                     detail,
+                };
+                Answer {
+                    record: rec,
+                    confirmed: now,
+                    written_ms: job.written_ms,
                 }
             };
             let mut last;

@@ -1,13 +1,15 @@
-//! Shared fixtures for the core tests: a spec, a seeded RNG and a simulated Envoy whose
-//! cumulative counters the step function reads.
+//! Shared fixtures for the core tests: a spec, a seeded RNG, a simulated Envoy whose
+//! cumulative counters the step function reads, and [`step`] with the records it emits folded
+//! into a [`History`] (what the runner's records log would hold).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 
 use aviaryctl::core::observe::{Snapshot, VersionMetrics};
 use aviaryctl::core::spec::RolloutSpec;
 use aviaryctl::core::stats::normal_cdf;
-use aviaryctl::core::step::{step, Action, Input, Observation, Outcome, RolloutState};
+use aviaryctl::core::step::{self, Action, History, Input, Observation, Outcome, RolloutState};
 
 pub const SPEC: &str = r#"
 apiVersion: aviary.dev/v1
@@ -346,20 +348,82 @@ impl World {
     }
 }
 
+/// A rollout as the tests follow it: the control state, and the history folded from every
+/// record the step emitted. Reads as its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub state: RolloutState,
+    pub history: History,
+}
+
+impl Tracked {
+    /// A rollout that has not started, at `now_ms`.
+    pub fn new(spec: &RolloutSpec, now_ms: u64) -> Tracked {
+        Tracked::from(RolloutState::new(spec, now_ms))
+    }
+}
+
+impl From<RolloutState> for Tracked {
+    /// A state as restored from disk: its history is elsewhere.
+    fn from(state: RolloutState) -> Tracked {
+        Tracked {
+            state,
+            history: History::default(),
+        }
+    }
+}
+
+impl Deref for Tracked {
+    type Target = RolloutState;
+    fn deref(&self) -> &RolloutState {
+        &self.state
+    }
+}
+
+/// [`step::step`], folding the records into the history. Checks that the records continue
+/// the state's numbering without a gap and that the new state counts them, and that a step
+/// which records something also persists.
+pub fn step(spec: &RolloutSpec, t: Tracked, input: &Input, now_ms: u64) -> (Tracked, Vec<Action>) {
+    let first = t.state.records;
+    let out = step::step(spec, t.state, input, now_ms);
+    let seqs: Vec<u64> = out.records.iter().map(|r| r.seq).collect();
+    let want: Vec<u64> = (first..first + seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "records numbered from the state's count");
+    assert_eq!(out.state.records, first + seqs.len() as u64);
+    if !seqs.is_empty() {
+        assert!(out.actions.contains(&Action::Persist), "{:?}", out.actions);
+    }
+    let mut history = t.history;
+    history.extend(&out.records);
+    let t = Tracked {
+        state: out.state,
+        history,
+    };
+    (t, out.actions)
+}
+
 /// How a simulated rollout went.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub outcome: Option<Outcome>,
     pub state: RolloutState,
+    pub history: History,
     /// Canary requests served when the rollout ended.
     pub canary_requests: u64,
     pub ended_ms: u64,
 }
 
+impl Run {
+    /// The state and its history.
+    pub fn parts(self) -> (RolloutState, History) {
+        (self.state, self.history)
+    }
+}
+
 /// Runs a rollout against `world`, reading metrics every `poll_ms`, until it ends or
 /// `limit_ms` passes.
 pub fn run(spec: &RolloutSpec, world: &mut World, poll_ms: u64, limit_ms: u64) -> Run {
-    let (mut state, actions) = step(spec, RolloutState::new(spec, 0), &Input::Start, 0);
+    let (mut state, actions) = step(spec, Tracked::new(spec, 0), &Input::Start, 0);
     world.apply(&actions);
     let mut outcome = done(&actions);
     while outcome.is_none() && world.now_ms < limit_ms {
@@ -374,7 +438,8 @@ pub fn run(spec: &RolloutSpec, world: &mut World, poll_ms: u64, limit_ms: u64) -
         outcome,
         canary_requests: world.canary_requests(),
         ended_ms: world.now_ms,
-        state,
+        state: state.state,
+        history: state.history,
     }
 }
 
