@@ -16,11 +16,11 @@ use aviary_sim::{
     EnvoyProcess, Fault, HttpConnection, HttpRequest, LoadConfig, ModelServer, ModelServerConfig,
 };
 use aviaryctl::clock::SystemClock;
-use aviaryctl::runner::{Components, LogMode, Runner, RunnerEvent, RunnerOptions};
-use aviaryctl::edges::sink::{ConfigSink, EcdsFileSink};
 use aviaryctl::core::spec::RolloutSpec;
-use aviaryctl::edges::store::StateStore;
 use aviaryctl::core::step::Outcome;
+use aviaryctl::edges::sink::{ConfigSink, EcdsFileSink};
+use aviaryctl::edges::store::StateStore;
+use aviaryctl::runner::{Components, LogMode, Runner, RunnerEvent, RunnerOptions};
 use serde_json::json;
 
 use crate::variants::{aviary_routes, ecds_filter, proxy_builder, router, Upstreams};
