@@ -90,14 +90,6 @@ pub struct CommandAck {
 #[derive(Debug)]
 pub struct StateLock {
     file: File,
-    path: PathBuf,
-}
-
-impl StateLock {
-    /// The lock file path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for StateLock {
@@ -218,7 +210,7 @@ impl StateStore {
             .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
             .and_then(|()| file.flush());
         tracing::debug!(path = %path.display(), "took the rollout lock");
-        Ok(StateLock { file, path })
+        Ok(StateLock { file })
     }
 
     /// Whether a driver currently holds the lock.
