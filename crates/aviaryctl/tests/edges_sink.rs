@@ -60,6 +60,16 @@ fn ecds_file_is_the_documented_resource_and_digest_matches_the_value() {
     let c = &wasm["config"];
     assert_eq!(c["name"], "aviary");
     assert_eq!(c["root_id"], "aviary");
+    // A dead VM must never let requests bypass the plugin: the same policy as the shipped file.
+    assert_eq!(c["failure_policy"], "FAIL_RELOAD");
+    let shipped: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(edges_support::root().join("envoy/aviary-ecds-config.yaml"))
+            .expect("shipped ECDS file"),
+    )
+    .expect("yaml");
+    let shipped = &shipped["resources"][0]["typed_config"]["config"];
+    assert_eq!(c["failure_policy"], shipped["failure_policy"]);
+    assert_eq!(c["reload_config"], shipped["reload_config"]);
     assert_eq!(c["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
     assert_eq!(
         c["vm_config"]["code"]["local"]["filename"],
@@ -175,7 +185,7 @@ fn istio_manifest_validates_against_the_crd() {
     let manifest = sink.manifest(&cfg).expect("manifest");
     let errs = crd.validate(&manifest);
     assert!(errs.is_empty(), "{errs:#?}");
-    assert_eq!(manifest["spec"]["failStrategy"], "FAIL_OPEN");
+    assert_eq!(manifest["spec"]["failStrategy"], "FAIL_RELOAD");
     assert_eq!(manifest["spec"]["phase"], "STATS");
     assert_eq!(manifest["spec"]["type"], "HTTP");
     assert_eq!(manifest["spec"]["match"][0]["mode"], "CLIENT");

@@ -33,9 +33,10 @@ pub(crate) struct RenderIstio {
     /// SHA-256 of the module (64 lowercase hex digits).
     #[arg(long)]
     pub(crate) sha256: Option<String>,
-    /// Behaviour when the module cannot load. FAIL_OPEN (default) lets traffic bypass the
-    /// plugin, which routes to the baseline: the same place a rollback sends it.
-    #[arg(long, value_enum, default_value_t = FailArg::Open)]
+    /// Behaviour when the plugin fails. FAIL_RELOAD (default) reloads it after a backoff, and
+    /// requests fail meanwhile instead of bypassing it; FAIL_OPEN would let a client's own
+    /// routing header reach the VirtualService.
+    #[arg(long, value_enum, default_value_t = FailArg::Reload)]
     pub(crate) fail_strategy: FailArg,
     /// Filter-chain phase (default STATS: after authn/authz, before Istio stats).
     #[arg(long, value_enum, default_value_t = PhaseArg::Stats)]

@@ -143,6 +143,9 @@ impl EcdsFileSink {
                     "config": {
                         "name": self.filter_name,
                         "root_id": ROOT_ID,
+                        // A dead VM is replaced after 50 ms; requests never bypass the plugin.
+                        "failure_policy": "FAIL_RELOAD",
+                        "reload_config": {"backoff": {"base_interval": "0.05s", "max_interval": "1s"}},
                         "vm_config": vm_config,
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -291,7 +294,7 @@ pub struct IstioWasmPluginSink {
 }
 
 impl IstioWasmPluginSink {
-    /// A sink with Aviary's defaults (FAIL_OPEN, STATS phase, plugin name `aviary`).
+    /// A sink with Aviary's defaults (FAIL_RELOAD, STATS phase, plugin name `aviary`).
     pub fn new(name: impl Into<String>, url: impl Into<String>, output: ManifestOutput) -> Self {
         IstioWasmPluginSink {
             name: name.into(),

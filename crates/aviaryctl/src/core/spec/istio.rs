@@ -33,15 +33,15 @@ fn default_namespace() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FailStrategy {
-    /// If the module cannot be fetched or loaded, requests bypass the plugin. Aviary's default:
-    /// without the plugin no routing header is set, so the routes fall through to the
-    /// baseline, which is the same place a rollback sends traffic. Failing closed would turn a
-    /// module fetch problem into a full outage of the service.
-    #[default]
+    /// Requests bypass a broken plugin. Without Envoy stripping the routing header natively
+    /// (Istio offers no such filter here), a client's own `x-aviary-version` would then reach
+    /// the VirtualService and choose the subset.
     FailOpen,
-    /// Requests fail (5xx) while the plugin is broken.
+    /// Requests fail (5xx) while the plugin is broken, for good.
     FailClose,
-    /// Reload the VM on failure.
+    /// Aviary's default: a failed VM is reloaded after a backoff; requests fail (5xx) in that
+    /// window and never bypass the plugin, so no client can choose its version.
+    #[default]
     FailReload,
 }
 
