@@ -256,7 +256,7 @@ impl Setup {
     /// Every line of the records log, each of which must be a whole record, numbered 0, 1,
     /// 2, … with no gap and none twice, as many as the saved state counts.
     fn check_log(&self) -> Vec<Record> {
-        let text = std::fs::read_to_string(self.log().path().to_path_buf()).expect("records log");
+        let text = std::fs::read_to_string(self.log().path()).expect("records log");
         assert!(text.ends_with('\n'), "torn last line");
         let records: Vec<Record> = text
             .lines()
@@ -706,4 +706,51 @@ fn a_failed_records_append_loses_and_repeats_nothing() {
         advances, 2,
         "into step 1 and into step 2, each recorded once"
     );
+}
+
+#[test]
+fn a_state_saved_before_the_records_log_keeps_its_history() {
+    let s = Setup::new();
+    {
+        let mut r = s.runner();
+        r.start().expect("start");
+        tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+            st.phase == Phase::Canary { step: 1 }
+        });
+    }
+    // The same rollout as the previous version saved it: history inside the state, no log.
+    let (_, before) = s.saved();
+    let path = s.store().state_path();
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("state")).expect("json");
+    let obj = old.as_object_mut().expect("object");
+    for key in ["records", "writes", "stageWrite", "appliedWrite"] {
+        obj.remove(key);
+    }
+    obj.insert("decisions".into(), serde_json::json!(before.decisions));
+    obj.insert("timeline".into(), serde_json::json!(before.timeline));
+    obj.insert("stages".into(), serde_json::json!(before.stages));
+    std::fs::write(&path, serde_json::to_vec(&old).expect("json")).expect("write");
+    std::fs::remove_file(s.log().path()).expect("no log");
+
+    let mut r = s.runner();
+    r.start().expect("restart");
+    tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+        st.phase.is_terminal()
+    });
+    drop(r);
+    s.check_log();
+    let (state, after) = s.saved();
+    assert_eq!(state.phase, Phase::Promoted);
+    let n = before.decisions.len();
+    assert_eq!(after.decisions[..n], before.decisions[..]);
+    assert_eq!(after.decisions[n].kind, DecisionKind::Restart);
+    let bps: Vec<u32> = after.timeline.iter().map(|p| p.canary_bps).collect();
+    assert_eq!(bps, vec![1000, 5000, 10_000]);
+    let stages: Vec<(&str, bool)> = after
+        .stages
+        .iter()
+        .map(|st| (st.name.as_str(), st.ended_ms.is_some()))
+        .collect();
+    assert_eq!(stages, vec![("step 1 (10%)", true), ("step 2 (50%)", true)]);
 }

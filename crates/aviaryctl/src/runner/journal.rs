@@ -2,8 +2,13 @@
 //! persist appends them, before the state that counts them is saved (see
 //! [`crate::edges::records`] for why that order makes the log crash-safe).
 
+use serde_json::json;
+
+use super::legacy;
+use super::output::{emit, LogMode};
 use crate::core::step::{Decision, Entry, History, Record, RolloutState};
 use crate::edges::records::{RecordLog, Trimmed};
+use crate::edges::store::StateStore;
 use crate::error::Error;
 
 pub(super) struct Journal {
@@ -15,16 +20,33 @@ pub(super) struct Journal {
 }
 
 impl Journal {
-    /// Opens the log of `state`, cutting what the saved state does not count.
-    pub(super) fn open(log: RecordLog, state: &RolloutState) -> Result<(Journal, Trimmed), Error> {
+    /// Opens the records log of the rollout in `store`: moves the history of a state saved
+    /// before the log existed into it, then cuts what the saved `state` does not count.
+    pub(super) fn open(
+        store: &StateStore,
+        state: &mut RolloutState,
+        mode: LogMode,
+    ) -> Result<Journal, Error> {
+        let log = RecordLog::beside(store);
+        let migrated = legacy::migrate(store, state, &log)?;
+        if migrated > 0 {
+            let msg = format!("moved {migrated} records from the state into the records log");
+            emit(
+                mode,
+                "info",
+                "records_migrated",
+                &msg,
+                json!({"records": migrated}),
+            );
+        }
         let trimmed = log.trim(state.records)?;
+        log_trim(mode, &trimmed, state.records);
         let last_judged = log.history(state.records)?.last_judged().cloned();
-        let journal = Journal {
+        Ok(Journal {
             log,
             pending: Vec::new(),
             last_judged,
-        };
-        Ok((journal, trimmed))
+        })
     }
 
     /// Takes a step's records, to append at the next flush.
@@ -61,4 +83,23 @@ impl Journal {
     pub(super) fn last_judged(&self) -> Option<&Decision> {
         self.last_judged.as_ref()
     }
+}
+
+/// Says what the trim cut (leftovers of a crash), and warns when records the state counts
+/// are missing.
+fn log_trim(mode: LogMode, t: &Trimmed, counted: u64) {
+    let missing = t.next < counted;
+    if t.cut_bytes == 0 && !missing {
+        return;
+    }
+    let mut msg = format!(
+        "records log: kept {} records, cut {} bytes the saved state does not count",
+        t.kept, t.cut_bytes
+    );
+    if missing {
+        msg.push_str(&format!("; records {}..{counted} are missing", t.next));
+    }
+    let level = if missing { "warn" } else { "info" };
+    let fields = json!({"kept": t.kept, "cutBytes": t.cut_bytes, "counted": counted});
+    emit(mode, level, "records_trimmed", &msg, fields);
 }

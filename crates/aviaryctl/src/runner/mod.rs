@@ -29,7 +29,6 @@ use crate::core::spec::RolloutSpec;
 use crate::core::step::{
     Applied, Command, ConfigWrite, History, Input, Notification, Observation, Outcome, RolloutState,
 };
-use crate::edges::records::RecordLog;
 use crate::edges::sink::ConfigSink;
 use crate::edges::store::{CommandAck, QueuedCommand, StateLock, StateStore};
 use crate::edges::webhook::{Approver, BackgroundNotifier};
@@ -40,6 +39,7 @@ mod act;
 mod components;
 mod events;
 mod journal;
+mod legacy;
 mod output;
 mod pump;
 mod watcher;
@@ -122,8 +122,8 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Takes the rollout lock, loads (or creates) the state, cuts the records log back to what
-    /// the state counts, and starts the background threads. Fails if another driver holds the
+    /// Takes the rollout lock, loads (or creates) the state, opens the records log (cut back
+    /// to what the state counts), and starts the background threads. Fails if another driver holds the
     /// lock or the state belongs to another rollout.
     pub fn new(
         spec: RolloutSpec,
@@ -133,30 +133,8 @@ impl Runner {
         opts: RunnerOptions,
     ) -> Result<Runner, Error> {
         let lock = store.lock()?;
-        let state = load_state(&spec, &store, clock.now_ms())?;
-        let (journal, trimmed) = Journal::open(RecordLog::beside(&store), &state)?;
-        if trimmed.cut_bytes > 0 || trimmed.next < state.records {
-            emit(
-                opts.log,
-                if trimmed.next < state.records {
-                    "warn"
-                } else {
-                    "info"
-                },
-                "records_trimmed",
-                &format!(
-                    "records log: kept {} records, cut {} bytes the saved state does not count{}",
-                    trimmed.kept,
-                    trimmed.cut_bytes,
-                    if trimmed.next < state.records {
-                        format!("; records {}..{} are missing", trimmed.next, state.records)
-                    } else {
-                        String::new()
-                    }
-                ),
-                json!({"kept": trimmed.kept, "cutBytes": trimmed.cut_bytes, "counted": state.records}),
-            );
-        }
+        let mut state = load_state(&spec, &store, clock.now_ms())?;
+        let journal = Journal::open(&store, &mut state, opts.log)?;
         store.save_spec(&spec)?;
         let service = spec.service().to_string();
         let poll = Duration::from_millis(spec.poll_interval_ms());
@@ -479,7 +457,7 @@ impl Runner {
                 level,
                 "applied",
                 &msg,
-                serde_json::to_value(&r).unwrap_or(Value::Null),
+                serde_json::to_value(r).unwrap_or(Value::Null),
             );
             self.record_event(&RunnerEvent::Applied(r.clone()));
             if r.applied && r.write > 0 {
