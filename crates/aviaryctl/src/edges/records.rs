@@ -164,3 +164,77 @@ impl RecordLog {
         Error::io(self.path.display(), e)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::core::step::{Applied, Entry};
+
+    fn record(seq: u64) -> Record {
+        Record {
+            seq,
+            entry: Entry::Applied(Applied {
+                write: seq + 1,
+                at_ms: seq * 10,
+                digest48: None,
+            }),
+        }
+    }
+
+    fn temp_log(name: &str) -> RecordLog {
+        let dir = std::env::temp_dir().join(format!("aviaryctl-records-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = RecordLog::new(dir.join(format!("{name}.records.jsonl")));
+        let _ = fs::remove_file(log.path());
+        log
+    }
+
+    fn seqs(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn trim_cuts_uncounted_records_and_a_torn_line() {
+        let log = temp_log("trim");
+        log.append(&[record(0), record(1), record(2), record(3)], true)
+            .unwrap();
+        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
+        f.write_all(b"{\"seq\":4,\"type\":\"app").unwrap();
+        // The saved state counts two records: 2 and 3 belong to a step it never saved.
+        let t = log.trim(2).unwrap();
+        assert_eq!((t.kept, t.next), (2, 2));
+        assert!(t.cut_bytes > 0);
+        let text = fs::read_to_string(log.path()).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.ends_with('\n'));
+        // The next step's records continue the numbering.
+        log.append(&[record(2)], false).unwrap();
+        assert_eq!(seqs(&log.read(3).unwrap()), vec![0, 1, 2]);
+        assert_eq!(log.trim(3).unwrap().cut_bytes, 0);
+    }
+
+    #[test]
+    fn read_takes_each_counted_record_once_in_order() {
+        let log = temp_log("read");
+        log.append(
+            &[record(0), record(1), record(1), record(0), record(2)],
+            false,
+        )
+        .unwrap();
+        assert_eq!(seqs(&log.read(2).unwrap()), vec![0, 1]);
+        assert_eq!(seqs(&log.read(10).unwrap()), vec![0, 1, 2]);
+        assert!(RecordLog::new(log.path().with_extension("none"))
+            .read(5)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_log_missing_counted_records_says_so() {
+        let log = temp_log("missing");
+        log.append(&[record(0)], true).unwrap();
+        let t = log.trim(3).unwrap();
+        assert_eq!((t.kept, t.next, t.cut_bytes), (1, 1, 0));
+    }
+}
