@@ -14,20 +14,19 @@
 //!
 //! [`step`]: crate::core::step::step
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::clock::{system_now_ms, Clock};
+use crate::clock::Clock;
 use crate::core::spec::RolloutSpec;
 use crate::core::step::{
-    Applied, Command, ConfigWrite, History, Input, Notification, Observation, Outcome, RolloutState,
+    ConfigWrite, History, Input, Notification, Observation, Outcome, RolloutState,
 };
 use crate::edges::sink::ConfigSink;
 use crate::edges::store::{CommandAck, QueuedCommand, StateLock, StateStore};
@@ -38,6 +37,7 @@ use crate::report;
 mod act;
 mod components;
 mod events;
+mod inputs;
 mod journal;
 mod legacy;
 mod output;
@@ -51,12 +51,9 @@ pub use watcher::ApplyRecord;
 
 use events::Trigger;
 use journal::Journal;
-use output::{emit, progress_line};
+use output::emit;
 use pump::{spawn_pump, Pump};
 use watcher::{spawn_watcher, Answer, ApplyJob};
-
-/// How often an unchanged metrics read error is logged again.
-const SOURCE_ERROR_EVERY: Duration = Duration::from_secs(10);
 
 /// Runner tuning.
 #[derive(Debug, Clone)]
@@ -277,46 +274,6 @@ impl Runner {
         Ok(())
     }
 
-    /// The next metrics read, if one is due (inline) or arrived within a tick (background).
-    #[allow(clippy::type_complexity)]
-    fn read_metrics(
-        &mut self,
-    ) -> Result<Option<(Result<crate::core::observe::Snapshot, String>, Instant)>, Error> {
-        let poll_ms = self.spec.poll_interval_ms();
-        let now = self.clock.now_ms();
-        let service = self.spec.service().to_string();
-        match &mut self.pump {
-            Pump::Inline {
-                source,
-                next_due_ms,
-            } => {
-                if now >= *next_due_ms {
-                    *next_due_ms = now + poll_ms;
-                    let r = source.snapshot(&service).map_err(|e| e.to_string());
-                    return Ok(Some((r, Instant::now())));
-                }
-                self.clock.sleep(self.opts.tick);
-                Ok(None)
-            }
-            Pump::Background { rx, .. } => match rx.recv_timeout(self.opts.tick) {
-                // Counters are cumulative, so if reads queued up while the loop was busy only
-                // the newest matters: the step sees the same totals, sooner.
-                Ok(mut r) => {
-                    while let Ok(newer) = rx.try_recv() {
-                        if newer.0.is_ok() || r.0.is_err() {
-                            r = newer;
-                        }
-                    }
-                    Ok(Some(r))
-                }
-                Err(RecvTimeoutError::Timeout) => Ok(None),
-                Err(RecvTimeoutError::Disconnected) => {
-                    Err(Error::Invalid("the metrics reader thread stopped".into()))
-                }
-            },
-        }
-    }
-
     /// Applies one command (used by the CLI when no driver is running) and returns its ack.
     pub fn apply_command(&mut self, q: &QueuedCommand) -> Result<CommandAck, Error> {
         self.command(q)
@@ -386,167 +343,6 @@ impl Runner {
         );
         Ok(())
     }
-
-    fn drain_commands(&mut self) -> Result<(), Error> {
-        for item in self.store.drain_commands()? {
-            match item {
-                Ok(q) => {
-                    self.command(&q)?;
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    self.log("warn", "bad_command", &msg, json!({"error": msg}))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn command(&mut self, q: &QueuedCommand) -> Result<CommandAck, Error> {
-        let received = Instant::now();
-        let received_ms = system_now_ms();
-        self.log(
-            "info",
-            "command",
-            &format!("command {}", command_name(&q.command)),
-            json!({"id": q.id, "command": q.command}),
-        );
-        let h = self.handle(
-            Input::Command(q.command.clone()),
-            Trigger::Command(received),
-        )?;
-        let ack = CommandAck {
-            id: q.id.clone(),
-            received_at_ms: received_ms,
-            done_at_ms: system_now_ms(),
-            accepted: h.rejected.is_none(),
-            message: h.rejected.or(h.decided).unwrap_or_default(),
-            phase: Some(self.state.stage_label()),
-            write_us: h.write_us,
-        };
-        if let Err(e) = self.store.ack(&ack) {
-            self.log(
-                "error",
-                "ack_failed",
-                &e.to_string(),
-                json!({"error": e.to_string()}),
-            );
-        }
-        self.record_event(&RunnerEvent::Command(ack.clone()));
-        Ok(ack)
-    }
-
-    /// Logs the watcher's answers; each confirmed write goes to the step as an input.
-    fn drain_applies(&mut self) -> Result<(), Error> {
-        let mut answers = Vec::new();
-        if let Some(rx) = &self.apply_rx {
-            while let Ok(r) = rx.try_recv() {
-                answers.push(r);
-            }
-        }
-        for answer in answers {
-            let r = &answer.record;
-            self.pending_applies = self.pending_applies.saturating_sub(1);
-            let level = if r.applied { "info" } else { "warn" };
-            let msg = if r.applied {
-                format!("proxies applied write #{} in {:.1} ms", r.seq, r.apply_ms)
-            } else {
-                format!("write #{} not confirmed: {}", r.seq, r.detail)
-            };
-            self.log(
-                level,
-                "applied",
-                &msg,
-                serde_json::to_value(r).unwrap_or(Value::Null),
-            );
-            self.record_event(&RunnerEvent::Applied(r.clone()));
-            if r.applied && r.write > 0 {
-                let at_ms = answer.applied_ms(self.clock.now_ms());
-                let input = Applied::input(r.write, at_ms, r.digest48);
-                self.handle(input, Trigger::Applied(answer.confirmed))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn record_event(&self, event: &RunnerEvent) {
-        if let Err(e) = self.store.append_event(event) {
-            self.log(
-                "error",
-                "event_log",
-                &e.to_string(),
-                json!({"error": e.to_string()}),
-            );
-        }
-    }
-
-    /// Logs a failed read, but the same error again only every 10 s (with a count), so a
-    /// source that is down does not flood the log at the fast-track cadence.
-    fn log_source_error(&mut self, e: &str) {
-        let now = Instant::now();
-        let repeat = self
-            .last_source_error
-            .as_ref()
-            .is_some_and(|(last, at, _)| last == e && now.duration_since(*at) < SOURCE_ERROR_EVERY);
-        if repeat {
-            if let Some((_, _, n)) = &mut self.last_source_error {
-                *n += 1;
-            }
-            return;
-        }
-        let suppressed = match &self.last_source_error {
-            Some((last, _, n)) if last == e => *n,
-            _ => 0,
-        };
-        let msg = if suppressed > 0 {
-            format!("metrics read failed ({suppressed} more since): {e}")
-        } else {
-            format!("metrics read failed: {e}")
-        };
-        self.log(
-            "warn",
-            "source_error",
-            &msg,
-            json!({"error": e, "repeated": suppressed}),
-        );
-        self.last_source_error = Some((e.to_string(), now, 0));
-    }
-
-    fn log(&self, level: &str, event: &str, msg: &str, fields: Value) {
-        if self.progress_shown && self.opts.log == LogMode::Human {
-            print!("\r\x1b[2K");
-        }
-        emit(self.opts.log, level, event, msg, fields);
-    }
-
-    fn clear_progress(&mut self) {
-        if self.progress_shown {
-            print!("\r\x1b[2K");
-            let _ = std::io::stdout().flush();
-            self.progress_shown = false;
-        }
-    }
-
-    /// Redraws the live progress line (terminal only), at most 4 times a second.
-    fn progress(&mut self) {
-        if self.opts.log != LogMode::Human {
-            return;
-        }
-        if self
-            .last_progress
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
-        {
-            return;
-        }
-        self.last_progress = Some(Instant::now());
-        let now = self.clock.now_ms();
-        let line = progress_line(&self.spec, &self.state, self.journal.last_judged(), now);
-        let width = 160;
-        let line: String = line.chars().take(width).collect();
-        print!("\r\x1b[2K{line}");
-        let _ = std::io::stdout().flush();
-        self.progress_shown = true;
-    }
 }
 
 /// The saved state of `spec`'s rollout, or a new one (saved at once).
@@ -565,16 +361,6 @@ fn load_state(spec: &RolloutSpec, store: &StateStore, now: u64) -> Result<Rollou
             store.save(&s)?;
             Ok(s)
         }
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Pause => "pause",
-        Command::Resume => "resume",
-        Command::Promote { to_full: false } => "promote",
-        Command::Promote { to_full: true } => "promote --full",
-        Command::Abort { .. } => "abort",
     }
 }
 

@@ -2,13 +2,18 @@
 //! live progress line (for a terminal).
 
 use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::{Runner, RunnerEvent};
 use crate::clock::system_now_ms;
 use crate::core::gates::Verdict;
 use crate::core::spec::RolloutSpec;
 use crate::core::step::{pct, Decision, Phase, RolloutState};
+
+/// How often an unchanged metrics read error is logged again.
+const SOURCE_ERROR_EVERY: Duration = Duration::from_secs(10);
 
 /// How the runner reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,4 +109,85 @@ pub(super) fn progress_line(
         s.failed_checks,
         spec.spec.analysis.threshold,
     )
+}
+
+impl Runner {
+    pub(super) fn record_event(&self, event: &RunnerEvent) {
+        if let Err(e) = self.store.append_event(event) {
+            self.log(
+                "error",
+                "event_log",
+                &e.to_string(),
+                json!({"error": e.to_string()}),
+            );
+        }
+    }
+
+    /// Logs a failed read, but the same error again only every 10 s (with a count), so a
+    /// source that is down does not flood the log at the fast-track cadence.
+    pub(super) fn log_source_error(&mut self, e: &str) {
+        let now = Instant::now();
+        let repeat = self
+            .last_source_error
+            .as_ref()
+            .is_some_and(|(last, at, _)| last == e && now.duration_since(*at) < SOURCE_ERROR_EVERY);
+        if repeat {
+            if let Some((_, _, n)) = &mut self.last_source_error {
+                *n += 1;
+            }
+            return;
+        }
+        let suppressed = match &self.last_source_error {
+            Some((last, _, n)) if last == e => *n,
+            _ => 0,
+        };
+        let msg = if suppressed > 0 {
+            format!("metrics read failed ({suppressed} more since): {e}")
+        } else {
+            format!("metrics read failed: {e}")
+        };
+        self.log(
+            "warn",
+            "source_error",
+            &msg,
+            json!({"error": e, "repeated": suppressed}),
+        );
+        self.last_source_error = Some((e.to_string(), now, 0));
+    }
+
+    pub(super) fn log(&self, level: &str, event: &str, msg: &str, fields: Value) {
+        if self.progress_shown && self.opts.log == LogMode::Human {
+            print!("\r\x1b[2K");
+        }
+        emit(self.opts.log, level, event, msg, fields);
+    }
+
+    pub(super) fn clear_progress(&mut self) {
+        if self.progress_shown {
+            print!("\r\x1b[2K");
+            let _ = std::io::stdout().flush();
+            self.progress_shown = false;
+        }
+    }
+
+    /// Redraws the live progress line (terminal only), at most 4 times a second.
+    pub(super) fn progress(&mut self) {
+        if self.opts.log != LogMode::Human {
+            return;
+        }
+        if self
+            .last_progress
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        let now = self.clock.now_ms();
+        let line = progress_line(&self.spec, &self.state, self.journal.last_judged(), now);
+        let width = 160;
+        let line: String = line.chars().take(width).collect();
+        print!("\r\x1b[2K{line}");
+        let _ = std::io::stdout().flush();
+        self.progress_shown = true;
+    }
 }

@@ -3,7 +3,7 @@
 //! move the start of the bake window to when the stage's config took effect.
 
 use super::{Action, Applied, DecisionKind, Driver, Entry, Evidence, Observation, Outcome, Phase};
-use crate::core::gates::{self, Window};
+use crate::core::gates::{self, GateResult, Window};
 use crate::core::observe::Snapshot;
 
 impl Driver<'_> {
@@ -65,24 +65,46 @@ impl Driver<'_> {
         true
     }
 
-    /// Fast-track: a sequential error test that has rejected rolls back at once. Returns true
-    /// when it acted.
+    /// Fast-track: a sequential error test that has rejected rolls back at once (or alerts,
+    /// once, while paused). Returns true when it acted.
     fn fast_track(&mut self, snap: &Snapshot) -> bool {
-        let Some(g) = &self.spec.spec.analysis.gates.error_rate else {
+        let Some(breach) = self.fast_breach(snap) else {
             return false;
         };
-        if !g.fast_track || self.spec.fast_interval_ms().is_none() {
+        let reason = breach
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let ev = Evidence::gates(breach);
+        if !self.s.paused {
+            let why = format!("fast-track: {reason}");
+            self.rollback(DecisionKind::FastRollback, Outcome::RolledBack, &why, &ev);
+            return true;
+        }
+        if self.s.breach_alerted {
             return false;
         }
-        if !matches!(self.s.phase, Phase::Canary { .. }) {
-            return false;
+        self.s.breach_alerted = true;
+        let why = format!("fast-track breach while paused (no rollback): {reason}");
+        self.alert(&why, &ev);
+        true
+    }
+
+    /// The failing error gates when the fast track is on, on a live step, and a sequential
+    /// test has rejected.
+    fn fast_breach(&self, snap: &Snapshot) -> Option<Vec<GateResult>> {
+        let g = self.spec.spec.analysis.gates.error_rate.as_ref()?;
+        let on = g.fast_track && self.spec.fast_interval_ms().is_some();
+        if !on || !matches!(self.s.phase, Phase::Canary { .. }) {
+            return None;
         }
         let budget = self.spec.alpha_budget();
         let t = &self.s.error_tests;
         let rejected = (g.max.is_some() && t.absolute.rejected(budget.error_absolute))
             || (g.max_relative.is_some() && t.relative.rejected(budget.error_relative));
         if !rejected {
-            return false;
+            return None;
         }
         let (base, canary) = (&self.spec.spec.baseline, &self.spec.spec.canary);
         let window = self
@@ -91,30 +113,8 @@ impl Driver<'_> {
             .as_ref()
             .and_then(|w| Window::between(w, snap, base, canary).ok())
             .unwrap_or_default();
-        let breach = gates::fast_error_breach(g, &window, &self.s.error_tests, &budget);
-        if breach.is_empty() {
-            return false;
-        }
-        let reason = breach
-            .iter()
-            .map(|r| r.reason.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let ev = Evidence::gates(breach);
-        if self.s.paused {
-            if self.s.breach_alerted {
-                return false;
-            }
-            self.s.breach_alerted = true;
-            self.alert(
-                &format!("fast-track breach while paused (no rollback): {reason}"),
-                &ev,
-            );
-            return true;
-        }
-        let why = format!("fast-track: {reason}");
-        self.rollback(DecisionKind::FastRollback, Outcome::RolledBack, &why, &ev);
-        true
+        let breach = gates::fast_error_breach(g, &window, t, &budget);
+        (!breach.is_empty()).then_some(breach)
     }
 
     /// The proxies confirmed config write `a.write`. The first confirmation of each write is
