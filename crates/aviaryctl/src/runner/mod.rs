@@ -368,17 +368,7 @@ fn load_state(spec: &RolloutSpec, store: &StateStore, now: u64) -> Result<Rollou
 /// commands render it.
 pub fn desired_config(spec: &RolloutSpec, state: Option<&RolloutState>) -> ConfigWrite {
     match state {
-        Some(s) => {
-            let config = s.desired_config(spec);
-            let rollback = config.kill_switch.is_some();
-            ConfigWrite {
-                write: s.writes,
-                config,
-                canary_bps: if rollback { 0 } else { s.canary_bps },
-                rollback,
-                reason: format!("state: {}", s.stage_label()),
-            }
-        }
+        Some(s) => s.config_write(spec, s.writes, format!("state: {}", s.stage_label())),
         None => ConfigWrite {
             write: 0,
             config: spec.spec.config.plugin_config.clone(),

@@ -197,34 +197,25 @@ impl Driver<'_> {
 
     /// Issues a new config write for the current phase and records it on the timeline.
     /// Returns its number.
-    fn write(&mut self, rollback: bool, reason: &str) -> u64 {
+    fn write(&mut self, reason: &str) -> u64 {
         self.s.writes += 1;
         let write = self.s.writes;
-        self.push_write(write, rollback, reason);
+        let cw = self.s.config_write(self.spec, write, reason.to_string());
         self.emit(Entry::Weight(WeightPoint {
             at_ms: self.now,
-            canary_bps: self.s.canary_bps,
-            kill_switch: rollback,
+            canary_bps: cw.canary_bps,
+            kill_switch: cw.rollback,
             reason: reason.to_string(),
             write,
             applied_ms: None,
         }));
+        self.actions.push(Action::WriteConfig(cw));
         write
     }
 
     /// Writes the current config again under its existing number (after a restart).
-    fn reassert(&mut self, rollback: bool, reason: &str) {
-        self.push_write(self.s.writes, rollback, reason);
-    }
-
-    fn push_write(&mut self, write: u64, rollback: bool, reason: &str) {
-        let config = self.s.desired_config(self.spec);
-        self.actions.push(Action::WriteConfig(ConfigWrite {
-            write,
-            config,
-            canary_bps: if rollback { 0 } else { self.s.canary_bps },
-            rollback,
-            reason: reason.to_string(),
-        }));
+    fn reassert(&mut self, reason: &str) {
+        let cw = self.s.config_write(self.spec, self.s.writes, reason.to_string());
+        self.actions.push(Action::WriteConfig(cw));
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use aviary_contract::config::PluginConfig;
 use serde::{Deserialize, Serialize};
 
-use super::action::Outcome;
+use super::action::{ConfigWrite, Outcome};
 use crate::core::gates::ErrorTests;
 use crate::core::observe::Snapshot;
 use crate::core::spec::{Event, RolloutSpec};
@@ -148,6 +148,19 @@ impl RolloutState {
             Phase::RolledBack | Phase::Aborted => spec.render_config(0, true, false),
             Phase::Shadow => spec.render_config(0, false, true),
             _ => spec.render_config(self.canary_bps, false, false),
+        }
+    }
+
+    /// The write that puts the proxies where the rollout is. The one place that says a
+    /// rollback or abort writes the kill switch to the baseline and 0 bps.
+    pub fn config_write(&self, spec: &RolloutSpec, write: u64, reason: String) -> ConfigWrite {
+        let rollback = matches!(self.phase, Phase::RolledBack | Phase::Aborted);
+        ConfigWrite {
+            write,
+            config: self.desired_config(spec),
+            canary_bps: if rollback { 0 } else { self.canary_bps },
+            rollback,
+            reason,
         }
     }
 

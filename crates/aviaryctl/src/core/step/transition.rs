@@ -30,7 +30,7 @@ impl Driver<'_> {
         // first read after that: see `Driver::applied`).
         self.reset_window(None);
         self.actions.push(Action::Persist);
-        let write = self.write(false, why);
+        let write = self.write(why);
         self.s.stage_write = write;
         self.s.stage_applied_ms = None;
         self.emit(Entry::StageStarted(Stage {
@@ -98,10 +98,9 @@ impl Driver<'_> {
     /// for a pending confirmation).
     fn restart(&mut self) {
         let reason = format!("driver restarted: re-asserting {}", self.s.stage_label());
-        let rollback = matches!(self.s.phase, Phase::RolledBack | Phase::Aborted);
         self.note(DecisionKind::Restart, reason.clone());
         self.actions.push(Action::Persist);
-        self.reassert(rollback, &reason);
+        self.reassert(&reason);
         if self.s.phase.is_terminal() {
             if let Some(o) = self.s.outcome {
                 self.actions.push(Action::Done(o));
@@ -186,7 +185,7 @@ impl Driver<'_> {
         self.s.finished_ms = Some(self.now);
         self.s.outcome = Some(Outcome::Promoted);
         self.actions.push(Action::Persist);
-        self.write(false, &why);
+        self.write(&why);
         self.notify(Event::Promote, &why, &ev.gates);
         self.actions.push(Action::Done(Outcome::Promoted));
     }
@@ -211,7 +210,7 @@ impl Driver<'_> {
         self.s.awaiting = None;
         self.s.finished_ms = Some(self.now);
         self.s.outcome = Some(outcome);
-        self.write(true, &why);
+        self.write(&why);
         self.actions.push(Action::Persist);
         self.notify(Event::Rollback, &why, &ev.gates);
         self.actions.push(Action::Done(outcome));
