@@ -215,7 +215,9 @@ impl Driver<'_> {
 
     /// Writes the current config again under its existing number (after a restart).
     fn reassert(&mut self, reason: &str) {
-        let cw = self.s.config_write(self.spec, self.s.writes, reason.to_string());
+        let cw = self
+            .s
+            .config_write(self.spec, self.s.writes, reason.to_string());
         self.actions.push(Action::WriteConfig(cw));
     }
 }
