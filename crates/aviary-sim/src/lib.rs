@@ -17,9 +17,9 @@
 //!     disagree_rate: 0.05,
 //!     ..ModelServerConfig::new("v2")
 //! })?;
-//! let envoy = EnvoyBuilder::new(std::fs::read_to_string("envoy/aviary.yaml.tmpl")?)
+//! let shipped = std::fs::read_to_string("envoy/aviary-header-match.yaml")?;
+//! let envoy = EnvoyBuilder::new(aviary_sim::shipped_config_template(&shipped))
 //!     .path_var("WASM", aviary_sim::find_wasm()?)
-//!     .var("LISTEN_PORT", 0)
 //!     .var("STABLE_PORT", stable.port())
 //!     .var("CANARY_PORT", canary.port())
 //!     .start()?;
