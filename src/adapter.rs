@@ -1,18 +1,15 @@
 //! The single adapter from `Host` to proxy-wasm host calls, and the proxy-wasm contexts that
 //! forward callbacks to `filter`.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, Action, BufferType, ContextType, MapType, MetricType, Status};
 
-use crate::filter::{Root, Stream};
+use crate::filter::{Root, Shared, Stream};
 use crate::headers::HeaderBlock;
 use crate::host::{Body, Host, HostMetric, LogLevel, MetricKind};
-use crate::tally::Tally;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -142,6 +139,22 @@ impl Host for WasmHost {
     fn set_tick_period_ms(&self, ms: u32) {
         let _ = hostcalls::set_tick_period(Duration::from_millis(u64::from(ms)));
     }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, u32) {
+        match hostcalls::get_shared_data(key) {
+            Ok((value, cas)) => (value, cas.unwrap_or(0)),
+            Err(_) => (None, 0),
+        }
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        let cas = (cas != 0).then_some(cas);
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+
+    fn done(&self) {
+        let _ = hostcalls::done();
+    }
 }
 
 fn getrandom_fill(buf: &mut [u8]) -> Result<(), ()> {
@@ -158,28 +171,24 @@ fn getrandom_fill(buf: &mut [u8]) -> Result<(), ()> {
 }
 
 thread_local! {
-    // One per VM (a VM is single-threaded): every root context the VM runs shares it.
-    static TALLY: Rc<RefCell<Tally>> = Rc::new(RefCell::new(Tally::default()));
+    // One per VM (a VM is single-threaded): every root context the VM runs shares it (the
+    // counts, the shadow copies in flight and the ledger), since a config swap replaces the
+    // root context but keeps the VM.
+    static VM: Shared = Shared::new(WasmHost.random_u64());
 }
 
 pub struct AviaryRoot(Root);
 
 impl AviaryRoot {
-    pub fn new() -> Self {
-        AviaryRoot(Root::new(&WasmHost, TALLY.with(Rc::clone)))
-    }
-}
-
-impl Default for AviaryRoot {
-    fn default() -> Self {
-        Self::new()
+    /// The root context `context_id`, as Envoy numbers it.
+    pub fn new(context_id: u32) -> Self {
+        AviaryRoot(Root::new(context_id, VM.with(Shared::clone)))
     }
 }
 
 impl Context for AviaryRoot {
     fn on_done(&mut self) -> bool {
-        self.0.on_done(&WasmHost);
-        true
+        self.0.on_done(&WasmHost)
     }
 
     fn on_http_call_response(

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod filter;
 pub mod headers;
 pub mod host;
+pub mod ledger;
 pub mod request;
 pub mod routing;
 pub mod shadow;
@@ -25,7 +26,7 @@ proxy_wasm::main! {{
             &format!("aviary panicked: {info}"),
         );
     }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(adapter::AviaryRoot::new())
+    proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(adapter::AviaryRoot::new(id))
     });
 }}

@@ -1,7 +1,8 @@
 //! The per-request decision: which version serves a request.
 //!
-//! Precedence: kill switch, then a trusted override header, then segment rules in order,
-//! then the weights (sticky by key, or random without a key).
+//! Precedence: kill switch, then a trusted override header, then segment rules in order (a
+//! `trustedOnly` rule only for trusted peers), then the weights (sticky by key, or random
+//! without a key).
 //!
 //! Bucket layout: a key hashes to a bucket in 0..10000. The baseline (the first version) owns
 //! the bottom of the range; the other versions are stacked from the top in the order listed,
@@ -12,6 +13,7 @@
 use std::net::IpAddr;
 
 use crate::request::RequestView;
+use aviary_contract::cidr::Cidr;
 use aviary_contract::config::{Compiled, Condition, BUCKETS};
 use aviary_contract::hash::{bucket, SplitMix64};
 use aviary_contract::metrics::DecisionReason;
@@ -70,9 +72,37 @@ pub fn sticky_key<'a>(cfg: &Compiled, req: &'a RequestView) -> Option<&'a str> {
 }
 
 pub fn conditions_hold(conditions: &[Condition], req: &RequestView) -> bool {
-    conditions
-        .iter()
-        .all(|c| c.matcher.matches(req.get(&c.source)))
+    conditions.iter().all(|c| {
+        let scheme = if c.matcher.needs_scheme() {
+            req.header(":scheme")
+        } else {
+            None
+        };
+        c.matcher.matches_in(req.get(&c.source), scheme)
+    })
+}
+
+/// The request's peer (Envoy's `source.address`), read from the host at most once and only
+/// when a trust check needs it.
+pub struct Peer<'a> {
+    read: &'a mut dyn FnMut() -> Option<IpAddr>,
+    ip: Option<Option<IpAddr>>,
+}
+
+impl<'a> Peer<'a> {
+    pub fn new(read: &'a mut dyn FnMut() -> Option<IpAddr>) -> Self {
+        Peer { read, ip: None }
+    }
+
+    /// Whether the peer is in one of `cidrs` (never, for an empty list or an unknown peer).
+    pub fn within(&mut self, cidrs: &[Cidr]) -> bool {
+        if cidrs.is_empty() {
+            return false;
+        }
+        let read = &mut self.read;
+        let ip = *self.ip.get_or_insert_with(read);
+        ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains(&ip)))
+    }
 }
 
 /// Whether a request falls in a `share` (basis points): by its key's bucket under `seed` when it
@@ -94,7 +124,7 @@ pub fn in_share(share: u32, seed: u32, key: Option<&str>, rng: &mut SplitMix64) 
 pub fn decide(
     cfg: &Compiled,
     req: &RequestView,
-    source_ip: &mut dyn FnMut() -> Option<IpAddr>,
+    peer: &mut Peer,
     rng: &mut SplitMix64,
 ) -> Decision {
     let mut d = Decision {
@@ -109,10 +139,8 @@ pub fn decide(
     if let Some(o) = &cfg.override_ {
         if let Some(wanted) = req.header(&o.header) {
             let target = cfg.versions.iter().position(|v| v.name == wanted);
-            let mut trusted =
-                || source_ip().is_some_and(|ip| o.trusted.iter().any(|c| c.contains(&ip)));
             match target {
-                Some(v) if trusted() => {
+                Some(v) if peer.within(&o.trusted) => {
                     d.version = v;
                     d.reason = Reason::Override;
                     return d;
@@ -123,7 +151,10 @@ pub fn decide(
     }
     let key = sticky_key(cfg, req);
     for (i, rule) in cfg.rules.iter().enumerate() {
-        if conditions_hold(&rule.conditions, req) && in_share(rule.share_bps, rule.seed, key, rng) {
+        if conditions_hold(&rule.conditions, req)
+            && (!rule.trusted_only || peer.within(&cfg.trusted))
+            && in_share(rule.share_bps, rule.seed, key, rng)
+        {
             d.version = rule.version;
             d.reason = Reason::Rule(i);
             return d;
@@ -158,7 +189,12 @@ mod tests {
     fn decide_from(cfg: &Compiled, headers: &[(&str, &str)], ip: [u8; 4]) -> Decision {
         let req = RequestView::from_pairs(headers);
         let mut source = || Some(IpAddr::V4(Ipv4Addr::from(ip)));
-        decide(cfg, &req, &mut source, &mut SplitMix64::new(1))
+        decide(
+            cfg,
+            &req,
+            &mut Peer::new(&mut source),
+            &mut SplitMix64::new(1),
+        )
     }
 
     const ALL: &str = r#","sticky":{"keys":[{"header":"x-user-id"}]},
@@ -191,6 +227,51 @@ mod tests {
         let killed = cfg(&format!(r#"{ALL},"killSwitch":"stable""#))?;
         let d = decide_from(&killed, &both, trusted);
         assert_eq!((d.version, d.reason), (0, Reason::KillSwitch));
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_only_rules_apply_to_trusted_peers_and_the_peer_is_read_once(
+    ) -> Result<(), ConfigError> {
+        let c = cfg(
+            r#","trustedCidrs":["10.0.0.0/8"],"override":{"header":"x-force"},
+            "rules":[{"name":"debug","match":[{"header":"x-canary","exact":"always"}],"version":"canary","trustedOnly":true}]"#,
+        )?;
+        let at = |ip| decide_from(&c, &[("x-canary", "always")], ip).reason;
+        assert_eq!(at([10, 0, 0, 1]), Reason::Rule(0));
+        assert_ne!(at([192, 168, 0, 1]), Reason::Rule(0));
+        let mut reads = 0;
+        let mut source = || {
+            reads += 1;
+            Some(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)))
+        };
+        let req = RequestView::from_pairs(&[("x-canary", "always"), ("x-force", "canary")]);
+        let d = decide(
+            &c,
+            &req,
+            &mut Peer::new(&mut source),
+            &mut SplitMix64::new(1),
+        );
+        assert!(d.override_rejected && d.version == 0);
+        assert_eq!(reads, 1, "the override and the rule share one read");
+        let mut none = || None;
+        assert!(
+            !Peer::new(&mut none).within(&c.trusted),
+            "an unknown peer is untrusted"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn authority_conditions_ignore_case_and_the_default_port() -> Result<(), ConfigError> {
+        let c = cfg(r#","match":[{"header":":authority","oneOf":["recsys","recsys:8080"]}]"#)?;
+        let holds = |h: &[(&str, &str)]| conditions_hold(&c.scope, &RequestView::from_pairs(h));
+        for host in ["RECSYS", "Recsys:8080", "recsys:80"] {
+            assert!(holds(&[(":authority", host)]), "{host}");
+        }
+        assert!(holds(&[(":authority", "recsys:443"), (":scheme", "https")]));
+        assert!(!holds(&[(":authority", "recsys:443"), (":scheme", "http")]));
+        assert!(!holds(&[(":authority", "recsys.default")]));
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aviary::request::RequestView;
-use aviary::routing::decide;
+use aviary::routing::{decide, Peer};
 use aviary_contract::config::{parse_and_compile, Compiled};
 use aviary_contract::hash::SplitMix64;
 use proptest::prelude::*;
@@ -22,7 +22,13 @@ fn config(weights: &[u32]) -> Compiled {
 
 fn version_of(cfg: &Compiled, key: &str) -> usize {
     let req = RequestView::from_pairs(&[("x-user-id", key)]);
-    decide(cfg, &req, &mut || None, &mut SplitMix64::new(1)).version
+    decide(
+        cfg,
+        &req,
+        &mut Peer::new(&mut || None),
+        &mut SplitMix64::new(1),
+    )
+    .version
 }
 
 /// Weights (basis points) for `n` versions that add up to 10000, baseline first.

@@ -559,7 +559,7 @@ fn typical_ramp_keeps_users_sticky() {
 }
 
 #[test]
-fn requests_outside_match_pass_untouched_and_uncounted() {
+fn requests_outside_match_pass_unrouted_and_uncounted_but_never_with_a_client_choice() {
     let host = host(&cfg(
         (0, 10000),
         r#""match":[{"header":":authority","oneOf":["recsys","recsys.default.svc.cluster.local"]}]"#,
@@ -585,10 +585,13 @@ fn requests_outside_match_pass_untouched_and_uncounted() {
         one("recsys"),
         (Some("canary".into()), Some("canary".into()))
     );
-    // Another service behind the same proxy: not Aviary's to route, stamp or count.
-    assert_eq!(one("payments"), (Some("client-value".into()), None));
-    assert_eq!(counter(&host, &req_metric("canary", "random")), 1);
-    assert_eq!(counter(&host, &resp_metric("canary", "2xx")), 1);
+    // Another service behind the same proxy: not Aviary's to route, stamp or count; but the
+    // client's routing header never reaches a route.
+    assert_eq!(one("payments"), (None, None));
+    // The host compares as HTTP defines it: case-insensitively, with the default port implied.
+    assert_eq!(one("RecSys:80").0, Some("canary".into()));
+    assert_eq!(counter(&host, &req_metric("canary", "random")), 2);
+    assert_eq!(counter(&host, &resp_metric("canary", "2xx")), 2);
 }
 
 #[test]

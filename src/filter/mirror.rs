@@ -10,7 +10,7 @@ use crate::extract::{self, BodyBuffer, Fields, Unusable};
 use crate::filter::shared::Shared;
 use crate::host::{Body, Host};
 use crate::request::RequestView;
-use crate::routing::{conditions_hold, in_share, sticky_key};
+use crate::routing::{conditions_hold, in_share, sticky_key, Peer};
 use crate::shadow::{copy_header, Job, Outcome};
 use aviary_contract::config::{Compiled, CompiledShadow};
 use aviary_contract::metrics::Uncompared;
@@ -43,13 +43,14 @@ impl Mirror {
         active: &Rc<Active>,
         shared: &Shared,
         req: &RequestView,
+        peer: &mut Peer,
         start_ns: u64,
     ) -> bool {
         let cfg = &active.cfg;
         let Some(s) = &cfg.shadow else {
             return false;
         };
-        let selected = selected(cfg, s, req, shared);
+        let selected = selected(cfg, s, req, peer, shared);
         if let Some(headers) = &s.envoy_mirror_headers {
             let mut tally = shared.tally.borrow_mut();
             for ((h, target), ids) in headers.iter().zip(&s.targets).zip(&active.ids.shadows) {
@@ -180,13 +181,21 @@ impl Mirror {
 }
 
 /// Whether a request is mirrored: it meets the shadow's conditions, one of its rules (if any
-/// are named), and falls in its share.
-fn selected(cfg: &Compiled, s: &CompiledShadow, req: &RequestView, shared: &Shared) -> bool {
+/// are named; a `trustedOnly` rule only for a trusted peer), and falls in its share.
+fn selected(
+    cfg: &Compiled,
+    s: &CompiledShadow,
+    req: &RequestView,
+    peer: &mut Peer,
+    shared: &Shared,
+) -> bool {
     conditions_hold(&s.conditions, req)
         && (s.rules.is_empty()
-            || s.rules
-                .iter()
-                .any(|r| conditions_hold(&cfg.rules[*r].conditions, req)))
+            || s.rules.iter().any(|r| {
+                let rule = &cfg.rules[*r];
+                conditions_hold(&rule.conditions, req)
+                    && (!rule.trusted_only || peer.within(&cfg.trusted))
+            }))
         && in_share(
             s.share_bps,
             s.seed,
@@ -195,22 +204,20 @@ fn selected(cfg: &Compiled, s: &CompiledShadow, req: &RequestView, shared: &Shar
         )
 }
 
-/// The request headers a copy carries: not hop-by-hop, not Aviary's own, and `:authority`
-/// with the shadow suffix.
+/// The request headers a copy carries: not hop-by-hop, not Aviary's own (reserved or the
+/// override), and `:authority` with the shadow suffix.
 fn shadow_headers(
     cfg: &Compiled,
     s: &CompiledShadow,
     headers: &[(String, String)],
 ) -> Vec<(String, String)> {
-    let routing = cfg.routing_header.as_str();
     let override_header = cfg.override_.as_ref().map(|o| o.header.as_str());
     headers
         .iter()
         .filter(|(k, _)| {
             copy_header(k)
-                && k != routing
+                && !cfg.reserved_headers.contains(k)
                 && Some(k.as_str()) != override_header
-                && *k != s.mark_header
         })
         .map(|(k, v)| {
             if k == ":authority" {

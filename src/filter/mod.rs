@@ -9,6 +9,6 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use root::{Root, SHADOW_TICK_MS, VERSION};
+pub use root::{Root, ACTIVE_KEY, SHADOW_TICK_MS, VERSION};
 pub use shared::Shared;
 pub use stream::Stream;

@@ -12,11 +12,13 @@ use crate::filter::mirror::{primary_fields, Mirror};
 use crate::filter::shared::Shared;
 use crate::host::{Body, Host};
 use crate::request::RequestView;
-use crate::routing::{conditions_hold, decide};
+use crate::routing::{conditions_hold, decide, Peer};
 use crate::shadow::Outcome;
 use crate::tally::Tally;
 use aviary_contract::cidr::parse_socket_ip;
-use aviary_contract::config::CompiledScores;
+use aviary_contract::config::{
+    Compiled, CompiledScores, DEFAULT_ROUTING_HEADER, DEFAULT_SHADOW_HEADER,
+};
 use aviary_contract::metrics::ResponseClass;
 
 /// Per-request state of the filter.
@@ -48,8 +50,14 @@ impl Stream {
         self.version
     }
 
+    /// Routes the request. On every path, in scope or not and with or without a config, the
+    /// headers only the plugin may set leave without the client's values, so a route or a
+    /// mirror policy never sees a client's choice even where Envoy does not strip them.
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) {
         let Some(active) = self.active.clone() else {
+            for h in [DEFAULT_ROUTING_HEADER, DEFAULT_SHADOW_HEADER] {
+                host.remove_request_header(h);
+            }
             return;
         };
         let cfg = &active.cfg;
@@ -59,16 +67,27 @@ impl Stream {
             RequestView::default()
         };
         if !conditions_hold(&cfg.scope, &req) {
+            remove_reserved(host, cfg, &req, |_| true);
             return;
         }
         let mut source_ip = || -> Option<IpAddr> {
             let raw = host.property(&["source", "address"])?;
             parse_socket_ip(std::str::from_utf8(&raw).ok()?)
         };
-        let d = decide(cfg, &req, &mut source_ip, &mut self.shared.rng.borrow_mut());
+        let mut peer = Peer::new(&mut source_ip);
+        let d = decide(cfg, &req, &mut peer, &mut self.shared.rng.borrow_mut());
         let v = &cfg.versions[d.version];
         // A `set` replaces any client-sent value, so a client can never choose its version.
         host.set_request_header(&cfg.routing_header, &v.route_value);
+        // The mark header, and the mirror headers unless Envoy's mirror reads them (the mirror
+        // sets or removes those below).
+        let envoy_mirror = cfg
+            .shadow
+            .as_ref()
+            .and_then(|s| s.envoy_mirror_headers.as_ref());
+        remove_reserved(host, cfg, &req, |h| {
+            h != cfg.routing_header && !envoy_mirror.is_some_and(|m| m.iter().any(|x| x == h))
+        });
         if let Some(o) = &cfg.override_ {
             if req.header(&o.header).is_some() {
                 host.remove_request_header(&o.header);
@@ -89,9 +108,9 @@ impl Stream {
         if cfg.scores.is_some() {
             self.response = Some(BodyBuffer::default());
         }
-        let compare = self
-            .mirror
-            .start(host, &active, &self.shared, &req, self.start_ns);
+        let compare =
+            self.mirror
+                .start(host, &active, &self.shared, &req, &mut peer, self.start_ns);
         if compare && self.response.is_none() {
             self.response = Some(BodyBuffer::default());
         }
@@ -196,6 +215,21 @@ impl Stream {
         }
         self.mirror
             .on_log(host, &active, &self.shared, elapsed_ns / 1_000_000);
+    }
+}
+
+/// Removes the reserved headers that `which` selects. With the headers already read, only
+/// those the client sent cost a host call; otherwise each is one removal.
+fn remove_reserved(
+    host: &dyn Host,
+    cfg: &Compiled,
+    req: &RequestView,
+    which: impl Fn(&str) -> bool,
+) {
+    for h in cfg.reserved_headers.iter().filter(|h| which(h)) {
+        if !cfg.needs_headers || req.header(h).is_some() {
+            host.remove_request_header(h);
+        }
     }
 }
 

@@ -1,13 +1,9 @@
 //! The filter's flow through the fake host: configuration, routing, stamping, counting,
 //! scores and mirroring.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use crate::filter::{Root, SHADOW_TICK_MS};
+use crate::filter::{Root, Shared, SHADOW_TICK_MS};
 use crate::host::fake::FakeHost;
 use crate::host::{Body, LogLevel};
-use crate::tally::Tally;
 use aviary_contract::metrics::{self, stat_name};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -15,7 +11,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const TWO: &str = r#""service":"svc","versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0,"requestHeaders":{"x-model":"v2"},"responseHeaders":{"x-model-served":"v2"}}]"#;
 
 fn root(host: &FakeHost, rest: &str) -> Result<Root, String> {
-    let mut root = Root::new(host, Rc::new(RefCell::new(Tally::default())));
+    let mut root = Root::new(1, Shared::new(7));
     let raw = format!("{{{TWO}{rest}}}");
     if root.on_configure(host, Some(raw.as_bytes())) {
         Ok(root)
@@ -26,7 +22,7 @@ fn root(host: &FakeHost, rest: &str) -> Result<Root, String> {
 
 /// A counter with `service` and `version` labels, then `extra`, after a flush.
 fn count(host: &FakeHost, root: &Root, base: &str, version: &str, extra: &[(&str, &str)]) -> i64 {
-    root.on_done(host);
+    root.flush(host);
     let mut labels = vec![("service", "svc"), ("version", version)];
     labels.extend_from_slice(extra);
     host.counter(&stat_name(base, &labels))
@@ -71,15 +67,31 @@ fn configure_logs_sets_the_tick_and_records_gauges() -> TestResult {
 #[test]
 fn a_rejected_config_names_the_field_and_keeps_the_last_good_one() -> TestResult {
     let host = FakeHost::default();
-    let mut r = Root::new(&host, Rc::new(RefCell::new(Tally::default())));
+    let mut r = Root::new(1, Shared::new(7));
     assert!(!r.on_configure(&host, None));
     assert!(host.logged(LogLevel::Error, "no configuration given"));
-    assert!(host.logged(LogLevel::Error, "requests pass through unrouted"));
+    assert!(host.logged(
+        LogLevel::Error,
+        "no Aviary config is in force in this Envoy yet"
+    ));
+    assert!(!host.logged(LogLevel::Error, "unrouted"));
     let mut r = root(&host, "")?;
-    assert!(!r.on_configure(&host, Some(br#"{"versions":[{"name":"a","weight":1}]}"#)));
+    let bad = br#"{"versions":[{"name":"a","weight":1}]}"#;
+    assert!(!r.on_configure(&host, Some(bad)));
     assert!(host.logged(LogLevel::Error, "at `versions`"));
-    assert!(host.logged(LogLevel::Error, "keeping config"));
+    assert!(host.logged(LogLevel::Error, "; keeping config"));
     assert!(r.active.is_some());
+    // A fresh VM (Envoy tries each config in one first) names the config the live VMs
+    // published, the one that keeps serving.
+    let mut trial = Root::new(1, Shared::new(8));
+    assert!(!trial.on_configure(&host, Some(bad)));
+    let digest = r.active.as_ref().map_or(0, |a| a.cfg.digest);
+    let kept = format!("Envoy keeps serving the last accepted one: config {digest:016x} active for service svc: stable=10000bps canary=0bps");
+    assert!(
+        host.logged(LogLevel::Error, &kept),
+        "{:?}",
+        host.logs.borrow()
+    );
     let refusing = FakeHost::default();
     refusing.refuse_metrics.set(true);
     assert!(root(&refusing, "").is_err());
@@ -152,7 +164,7 @@ fn an_untrusted_override_is_counted_and_ignored() -> TestResult {
     let mut s = r.new_stream();
     s.on_request_headers(&host, true);
     assert_eq!(s.version(), Some(0));
-    r.on_done(&host);
+    r.flush(&host);
     let rejected = stat_name(metrics::OVERRIDE_REJECTED, &[("service", "svc")]);
     assert_eq!(host.counter(&rejected), 1);
     Ok(())
@@ -174,12 +186,71 @@ fn requests_out_of_scope_pass_untouched() -> TestResult {
     assert_eq!(s.version(), None);
     assert!(host.request_sets.borrow().is_empty());
     assert!(host.response_sets.borrow().is_empty());
-    r.on_done(&host);
+    r.flush(&host);
     assert!(host.increments.borrow().is_empty());
-    let unconfigured = Root::new(&host, Rc::new(RefCell::new(Tally::default())));
+    let unconfigured = Root::new(1, Shared::new(7));
     let mut s = unconfigured.new_stream();
     s.on_request_headers(&host, true);
     assert_eq!(s.version(), None);
+    Ok(())
+}
+
+/// The routing, mark and mirror headers never reach upstream with a client's value: before any
+/// config, out of scope and in scope; with the headers read, only those sent cost a removal.
+#[test]
+fn reserved_headers_leave_every_request() -> TestResult {
+    let spoof = [
+        (":authority", "other.local"),
+        ("x-aviary-version", "canary"),
+        ("x-aviary-shadow", "v2"),
+        ("x-aviary-mirror-v2", "canary"),
+    ];
+    let host = FakeHost::with_request(&spoof);
+    let unconfigured = Root::new(1, Shared::new(7));
+    unconfigured.new_stream().on_request_headers(&host, true);
+    assert_eq!(
+        *host.request_removals.borrow(),
+        ["x-aviary-version", "x-aviary-shadow"]
+    );
+
+    let envoy = r#","shadow":{"via":"envoy","targets":[{"version":"v2","cluster":"c"}],"share":0}"#;
+    let scoped = format!(
+        r#",{}{envoy}"#,
+        r#""match":[{"header":":authority","exact":"svc"}]"#
+    );
+    let host = FakeHost::with_request(&spoof[..3]);
+    let r = root(&host, &scoped)?;
+    r.new_stream().on_request_headers(&host, true);
+    assert_eq!(
+        *host.request_removals.borrow(),
+        ["x-aviary-version", "x-aviary-shadow"],
+        "out of scope: only the ones the client sent"
+    );
+    assert!(host.request_sets.borrow().is_empty());
+
+    host.set_request(&[(":authority", "SVC:80"), ("x-aviary-mirror-v2", "canary")]);
+    host.request_removals.borrow_mut().clear();
+    let mut s = r.new_stream();
+    s.on_request_headers(&host, true);
+    assert_eq!(
+        s.version(),
+        Some(0),
+        "in scope: the host matches as HTTP does"
+    );
+    assert_eq!(*host.request_removals.borrow(), ["x-aviary-mirror-v2"]);
+
+    let host = FakeHost::with_request(&spoof);
+    let r = root(&host, "")?;
+    r.new_stream().on_request_headers(&host, true);
+    assert_eq!(
+        *host.request_removals.borrow(),
+        ["x-aviary-shadow"],
+        "without reading headers: each reserved one is removed, the routing header set"
+    );
+    assert_eq!(
+        host.request_header("x-aviary-version").as_deref(),
+        Some("stable")
+    );
     Ok(())
 }
 
@@ -360,5 +431,98 @@ fn envoy_mirrors_by_header_and_clients_cannot_set_it() -> TestResult {
     r.new_stream().on_request_headers(&none, true);
     assert_eq!(none.request_header("x-aviary-mirror-v2"), None);
     assert!(none.dispatches.borrow().is_empty());
+    Ok(())
+}
+
+/// A config swap keeps the VM and gives it a new root context; Envoy ends the old one with its
+/// calls in flight. The old root stays until they are answered, the new one dispatches what the
+/// old one's streams queued, and every copy sent ends in one outcome.
+#[test]
+fn a_config_swap_loses_no_copy() -> TestResult {
+    let host = FakeHost::with_request(&[(":path", "/p")]);
+    let vm = Shared::new(7);
+    let raw = format!("{{{TWO}{SHADOW}}}");
+    let mut old = Root::new(1, vm.clone());
+    assert!(old.on_configure(&host, Some(raw.as_bytes())));
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = old.new_stream();
+        s.on_request_headers(&host, true);
+        streams.push(s);
+    }
+    old.on_tick(&host);
+    let sent: Vec<u32> = host.dispatches.borrow().iter().map(|d| d.token).collect();
+    assert_eq!(sent.len(), 3);
+    let mut late = old.new_stream();
+    late.on_request_headers(&host, true);
+
+    let mut new = Root::new(2, vm.clone());
+    let other = raw.replace(r#""share":10000"#, r#""share":10000,"timeoutMs":999"#);
+    assert!(new.on_configure(&host, Some(other.as_bytes())));
+    assert!(!old.on_done(&host), "calls in flight: the old root stays");
+    old.on_tick(&host);
+    assert_eq!(
+        host.dispatches.borrow().len(),
+        3,
+        "an ending root dispatches no more"
+    );
+    new.on_tick(&host);
+    assert_eq!(
+        host.dispatches.borrow().len(),
+        4,
+        "the live root sends the late copy"
+    );
+
+    *host.call_response.borrow_mut() = vec![(":status".into(), "200".into())];
+    host.set_body(Body::CallResponse, br#"{"label":"cat"}"#);
+    host.set_response(&[(":status", "200")]);
+    host.set_body(Body::Response, br#"{"label":"cat"}"#);
+    for s in streams.iter_mut().chain([&mut late]) {
+        s.on_response_headers(&host, false);
+        s.on_response_body(&host, 15, true);
+        s.on_log(&host);
+    }
+    for (i, token) in sent.iter().enumerate() {
+        assert_eq!(host.dones.get(), 0, "not done before the last answer");
+        old.on_http_call_response(&host, *token, 1, 15);
+        assert_eq!(host.dones.get(), u32::from(i == 2));
+    }
+    new.on_http_call_response(&host, 4, 1, 15);
+    new.flush(&host);
+    let sent = host.counter_sum(metrics::SHADOW_REQUESTS);
+    let agree = host.counter_sum(metrics::SHADOW_COMPARISONS);
+    assert_eq!((sent, agree), (4, 4));
+    assert!(new.on_done(&host), "nothing in flight: gone at once");
+    Ok(())
+}
+
+/// Copies in flight in a VM that died are counted once, as `vm_lost`, by a VM that lives on.
+#[test]
+fn copies_of_a_dead_vm_are_counted_once_as_lost() -> TestResult {
+    let host = FakeHost::with_request(&[(":path", "/p")]);
+    let raw = format!("{{{TWO}{SHADOW}}}");
+    let mut dead = Root::new(1, Shared::new(1));
+    assert!(dead.on_configure(&host, Some(raw.as_bytes())));
+    for _ in 0..2 {
+        dead.new_stream().on_request_headers(&host, true);
+    }
+    dead.flush(&host);
+    // The VM dies here: its copies never finish and its row stops beating.
+    let mut live = [Root::new(1, Shared::new(2)), Root::new(1, Shared::new(3))];
+    for r in &mut live {
+        assert!(r.on_configure(&host, Some(raw.as_bytes())));
+        r.flush(&host);
+    }
+    let lost = stat_name(
+        metrics::SHADOW_UNCOMPARED,
+        &[("service", "svc"), ("version", "v2"), ("reason", "vm_lost")],
+    );
+    assert_eq!(host.counter(&lost), 0, "not before the row is stale");
+    host.advance_ms(1_200);
+    for r in &mut live {
+        r.flush(&host);
+    }
+    assert_eq!(host.counter(&lost), 2, "exactly once");
+    assert_eq!(host.counter_sum(metrics::SHADOW_REQUESTS), 2);
     Ok(())
 }

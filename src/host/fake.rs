@@ -31,7 +31,7 @@ pub struct FakeHost {
     pub request_sets: RefCell<Vec<(String, String)>>,
     pub request_removals: RefCell<Vec<String>>,
     pub response_sets: RefCell<Vec<(String, String)>>,
-    /// Metrics in definition order; a metric's id is its position.
+    /// Metrics in definition order, each name once; a metric's id is its position.
     pub metrics: RefCell<Vec<(MetricKind, String)>>,
     pub refuse_metrics: Cell<bool>,
     pub increments: RefCell<Vec<(HostMetric, i64)>>,
@@ -40,6 +40,10 @@ pub struct FakeHost {
     pub dispatches: RefCell<Vec<Dispatch>>,
     pub refuse_dispatch: Cell<bool>,
     pub tick_ms: Cell<u32>,
+    /// Shared data: key to (value, CAS token).
+    pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// How many times `done` was called.
+    pub dones: Cell<u32>,
 }
 
 fn set(list: &RefCell<Vec<(String, String)>>, name: &str, value: &str) {
@@ -212,6 +216,10 @@ impl Host for FakeHost {
             return None;
         }
         let mut metrics = self.metrics.borrow_mut();
+        // As in Envoy, a name defined again (by another VM) is the same metric.
+        if let Some(i) = metrics.iter().position(|(_, n)| n == name) {
+            return Some(HostMetric(i as u32));
+        }
         metrics.push((kind, name.to_owned()));
         Some(HostMetric(metrics.len() as u32 - 1))
     }
@@ -255,5 +263,29 @@ impl Host for FakeHost {
 
     fn set_tick_period_ms(&self, ms: u32) {
         self.tick_ms.set(ms);
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, u32) {
+        match self.shared.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), *cas),
+            None => (None, 0),
+        }
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        let mut shared = self.shared.borrow_mut();
+        let next = shared.values().map(|(_, c)| *c).max().unwrap_or(0) + 1;
+        match shared.get_mut(key) {
+            Some(e) if cas != 0 && cas != e.1 => return false,
+            Some(e) => *e = (value.to_vec(), next),
+            None => {
+                shared.insert(key.to_owned(), (value.to_vec(), next));
+            }
+        }
+        true
+    }
+
+    fn done(&self) {
+        self.dones.set(self.dones.get() + 1);
     }
 }

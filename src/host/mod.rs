@@ -63,4 +63,10 @@ pub trait Host {
     ) -> Result<u32, String>;
     fn call_response_header(&self, name: &str) -> Option<String>;
     fn set_tick_period_ms(&self, ms: u32);
+    /// Process-wide data every VM sees (it outlives VMs): the value and its CAS token.
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, u32);
+    /// Writes shared data if `cas` is still its token (0: whatever it is); false if not.
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> bool;
+    /// Ends the current root context, whose `on_done` answered false.
+    fn done(&self);
 }

@@ -2,12 +2,18 @@
 //!
 //! An HTTP stream never dispatches a shadow call itself: Envoy delivers a call's answer to the
 //! context that dispatched it, and once a stream has ended its context is gone, so the answer
-//! would be lost. Instead the stream queues a job in this per-VM state; the root context
-//! drains the queue on its tick and dispatches, so every answer comes back to the root, which
-//! outlives all streams. The primary's outcome and the shadow's outcome meet in a `Pending`
-//! entry keyed by job id, in whichever order they arrive; the second one to arrive records the
-//! comparison and frees the entry. Queue plus pending entries never exceed `maxInFlight`;
-//! beyond it mirroring is skipped and counted.
+//! would be lost. Instead the stream queues a job in this per-VM state; a root context drains
+//! the queue on its tick and dispatches, so every answer comes back to a root. The primary's
+//! outcome and the shadow's outcome meet in a `Pending` entry keyed by job id, in whichever
+//! order they arrive; the second one to arrive records the comparison and frees the entry.
+//! Queue plus pending entries never exceed `maxInFlight`; beyond it mirroring is skipped and
+//! counted.
+//!
+//! The state belongs to the VM, not to one root context: a config swap keeps the VM but gives
+//! it a new root context, and Envoy ends the old one about a millisecond later, with its calls
+//! in flight. So every root shares this state, the live root dispatches, and a root that is
+//! ending stays (its `on_done` answers false) until the calls it dispatched are answered; each
+//! token remembers its root for that.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -44,6 +50,8 @@ struct Pending {
     target: usize,
     created_ns: u64,
     dispatched_ns: u64,
+    /// Queued, so counted as sent: from here on it is open until its outcome is counted.
+    queued: bool,
     primary: Option<Outcome>,
     shadow: Option<Outcome>,
 }
@@ -57,12 +65,20 @@ impl Pending {
 /// How long past its timeout an entry may wait for a callback before it is expired.
 const EXPIRY_GRACE_MS: u64 = 5_000;
 
+/// Open copies of one shadow target: (service, version, count).
+pub type Open = (String, String, u64);
+
 #[derive(Default)]
 pub struct Shadows {
     tally: Rc<RefCell<Tally>>,
     queue: VecDeque<Job>,
     pending: HashMap<u64, Pending>,
-    tokens: HashMap<u32, u64>,
+    /// Call token to (job id, the root context that dispatched it).
+    tokens: HashMap<u32, (u64, u32)>,
+    /// Calls awaiting an answer, per root context that dispatched them.
+    owned: Vec<(u32, usize)>,
+    /// Root contexts configured and not ending.
+    pub live_roots: usize,
     next_id: u64,
 }
 
@@ -97,6 +113,7 @@ impl Shadows {
                 target,
                 created_ns: now_ns,
                 dispatched_ns: 0,
+                queued: false,
                 primary: None,
                 shadow: None,
             },
@@ -104,8 +121,63 @@ impl Shadows {
         Some(self.next_id)
     }
 
+    /// Queues a reserved copy: from here it counts as sent and ends in exactly one outcome.
     pub fn enqueue(&mut self, job: Job) {
+        let Some(p) = self.pending.get_mut(&job.id) else {
+            return;
+        };
+        p.queued = true;
+        if let Some(ids) = p.ids() {
+            self.tally.borrow_mut().add(ids.sent, 1);
+        }
         self.queue.push_back(job);
+    }
+
+    /// Calls dispatched by root context `root` that await their answer.
+    pub fn owned_by(&self, root: u32) -> usize {
+        self.owned
+            .iter()
+            .find(|(r, _)| *r == root)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn own(&mut self, root: u32, add: bool) {
+        match self.owned.iter().position(|(r, _)| *r == root) {
+            Some(i) if add => self.owned[i].1 += 1,
+            Some(i) => {
+                self.owned[i].1 -= 1;
+                if self.owned[i].1 == 0 {
+                    self.owned.swap_remove(i);
+                }
+            }
+            None if add => self.owned.push((root, 1)),
+            None => {}
+        }
+    }
+
+    /// Copies counted as sent whose outcome is not counted yet, by shadow target.
+    pub fn open(&self) -> Vec<Open> {
+        let mut out: Vec<Open> = Vec::new();
+        for p in self.pending.values().filter(|p| p.queued) {
+            let service = &p.active.cfg.service;
+            let Some(t) = p
+                .active
+                .cfg
+                .shadow
+                .as_ref()
+                .and_then(|s| s.targets.get(p.target))
+            else {
+                continue;
+            };
+            match out
+                .iter_mut()
+                .find(|(s, v, _)| s == service && *v == t.version)
+            {
+                Some(o) => o.2 += 1,
+                None => out.push((service.clone(), t.version.clone(), 1)),
+            }
+        }
+        out
     }
 
     /// Drops a reservation whose request was never sent (e.g. its body was too large).
@@ -117,12 +189,12 @@ impl Shadows {
         !self.pending.is_empty()
     }
 
-    /// Dispatches queued jobs (from the root context) and expires entries that outlived
+    /// Dispatches queued jobs from root context `root` and expires entries that outlived
     /// their timeout by far, so a lost callback can never leak a slot.
-    pub fn on_tick(&mut self, host: &dyn Host) {
+    pub fn on_tick(&mut self, host: &dyn Host, root: u32) {
         let now = host.now_nanos();
         while let Some(job) = self.queue.pop_front() {
-            self.dispatch(host, job, now);
+            self.dispatch(host, job, now, root);
         }
         let expired: Vec<u64> = self
             .pending
@@ -141,10 +213,20 @@ impl Shadows {
                     .add(ids.uncompared[Uncompared::Expired], 1);
             }
         }
-        self.tokens.retain(|_, id| self.pending.contains_key(id));
+        let gone: Vec<u32> = self
+            .tokens
+            .iter()
+            .filter(|(_, (id, _))| !self.pending.contains_key(id))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in gone {
+            if let Some((_, root)) = self.tokens.remove(&t) {
+                self.own(root, false);
+            }
+        }
     }
 
-    fn dispatch(&mut self, host: &dyn Host, job: Job, now: u64) {
+    fn dispatch(&mut self, host: &dyn Host, job: Job, now: u64, root: u32) {
         let Some(p) = self.pending.get_mut(&job.id) else {
             return;
         };
@@ -160,15 +242,15 @@ impl Shadows {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let mut tally = self.tally.borrow_mut();
         match host.dispatch(&t.cluster, &headers, job.body.as_deref(), s.timeout_ms) {
             Ok(token) => {
                 p.dispatched_ns = now;
-                tally.add(ids.sent, 1);
-                self.tokens.insert(token, job.id);
+                self.tokens.insert(token, (job.id, root));
+                self.own(root, true);
             }
             Err(_) => {
-                tally.add(ids.uncompared[Uncompared::DispatchFailed], 1);
+                let failed = ids.uncompared[Uncompared::DispatchFailed];
+                self.tally.borrow_mut().add(failed, 1);
                 self.pending.remove(&job.id);
             }
         }
@@ -190,9 +272,10 @@ impl Shadows {
         num_headers: usize,
         body_size: usize,
     ) -> bool {
-        let Some(id) = self.tokens.remove(&token) else {
+        let Some((id, root)) = self.tokens.remove(&token) else {
             return false;
         };
+        self.own(root, false);
         let Some(p) = self.pending.get_mut(&id) else {
             return true;
         };

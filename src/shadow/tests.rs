@@ -67,7 +67,7 @@ impl Rig {
             headers: vec![(":path".into(), "/p".into())],
             body: None,
         });
-        self.shadows.on_tick(&self.host);
+        self.shadows.on_tick(&self.host, 1);
         let token = self.host.dispatches.borrow().last()?.token;
         Some((id, token))
     }
@@ -245,7 +245,11 @@ fn a_refused_dispatch_frees_its_slot() -> TestResult {
     assert!(r.mirror().is_none(), "nothing was dispatched");
     assert_eq!(r.shadows.in_flight(), 0);
     assert_eq!(r.uncompared(Uncompared::DispatchFailed), 1);
-    assert_eq!(r.host.counter_sum(metrics::SHADOW_REQUESTS), 0);
+    assert_eq!(
+        r.host.counter_sum(metrics::SHADOW_REQUESTS),
+        1,
+        "a queued copy counts as sent, and its outcome is the refusal"
+    );
     Ok(())
 }
 
@@ -254,10 +258,10 @@ fn lost_answers_expire_and_late_ones_are_ignored() -> TestResult {
     let mut r = rig(COMPARE)?;
     let (_, token) = r.mirror().ok_or("reserve")?;
     r.host.advance_ms(TIMEOUT_MS + EXPIRY_GRACE_MS);
-    r.shadows.on_tick(&r.host);
+    r.shadows.on_tick(&r.host, 1);
     assert_eq!(r.shadows.in_flight(), 1, "not yet past the grace period");
     r.host.advance_ms(1);
-    r.shadows.on_tick(&r.host);
+    r.shadows.on_tick(&r.host, 1);
     assert_eq!(r.shadows.in_flight(), 0);
     assert_eq!(r.uncompared(Uncompared::Expired), 1);
     assert!(!r.answer(token, Some(200), "{}"), "the token was dropped");
@@ -295,7 +299,7 @@ fn every_reserved_copy_ends_in_exactly_one_outcome() -> TestResult {
                 }
                 1 => {
                     let before = r.host.dispatches.borrow().len();
-                    r.shadows.on_tick(&r.host);
+                    r.shadows.on_tick(&r.host, 1);
                     let tokens: Vec<u32> = r.host.dispatches.borrow()[before..]
                         .iter()
                         .map(|d| d.token)
@@ -331,9 +335,9 @@ fn every_reserved_copy_ends_in_exactly_one_outcome() -> TestResult {
                 _ => r.host.advance_ms(rng.next_u64() % 2_000),
             }
         }
-        r.shadows.on_tick(&r.host);
+        r.shadows.on_tick(&r.host, 1);
         r.host.advance_ms(TIMEOUT_MS + EXPIRY_GRACE_MS + 1);
-        r.shadows.on_tick(&r.host);
+        r.shadows.on_tick(&r.host, 1);
         assert_eq!(r.shadows.in_flight(), 0);
         assert_eq!(r.outcomes() + cancelled, reserved);
         seen[0] += r.host.counter_sum(metrics::SHADOW_COMPARISONS);

@@ -275,6 +275,9 @@ label! {
         DispatchFailed = "dispatch_failed",
         /// No answer came back long after the timeout; the slot was reclaimed.
         Expired = "expired",
+        /// The copy was sent from a VM that died (crash, reload) before its outcome was known;
+        /// a live VM counts it from the dead VM's ledger in shared data.
+        VmLost = "vm_lost",
     }
 }
 
@@ -322,7 +325,7 @@ mod tests {
         }
         let names = Uncompared::ALL.map(Uncompared::as_str);
         assert_eq!(names[Uncompared::Capacity.index()], "capacity");
-        assert_eq!(Uncompared::ALL.len(), 9);
+        assert_eq!(Uncompared::ALL.len(), 10);
         assert_eq!(ShadowClass::of_status(503), ShadowClass::ServerError);
         assert_eq!(ResponseClass::of_status(204).to_string(), "2xx");
     }

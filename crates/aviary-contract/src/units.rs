@@ -28,6 +28,18 @@ pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// A non-negative decimal integer of ASCII digits only (no sign, no spaces); `None` otherwise
+/// or on overflow. Written out: core's generic integer parser costs the `.wasm` more.
+pub fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.bytes().try_fold(0u64, |n, b| {
+        let d = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
 /// Formats a number with up to six decimals and no trailing zeros (`0.25`, `3`, `-1.5`).
 /// Written out because core's float formatting would add ~15 KB to the `.wasm`.
 pub fn fmt_decimal(x: f64) -> String {
@@ -53,6 +65,16 @@ mod tests {
         assert_eq!(fmt_decimal(0.1), "0.1");
         assert_eq!(fmt_decimal(1e-7), "0");
         assert_eq!(fmt_decimal(12.000001), "12.000001");
+    }
+
+    #[test]
+    fn decimals_are_read_strictly() {
+        assert_eq!(decimal("8080"), Some(8080));
+        assert_eq!(decimal("0"), Some(0));
+        assert_eq!(decimal(&u64::MAX.to_string()), Some(u64::MAX));
+        for bad in ["", "-1", "+1", " 1", "1a", "18446744073709551616"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn plugin_config(v: &Value) -> R<PluginConfig> {
             "stampHeader",
             "match",
             "sticky",
+            "trustedCidrs",
             "rules",
             "override",
             "killSwitch",
@@ -73,6 +74,7 @@ fn plugin_config(v: &Value) -> R<PluginConfig> {
             .unwrap_or_else(default_stamp_header),
         sticky: o.nested("sticky", sticky)?,
         scope: o.each("match", condition)?,
+        trusted_cidrs: o.strings("trustedCidrs")?.unwrap_or_default(),
         rules: o.each("rules", rule)?,
         override_: o.nested("override", override_)?,
         kill_switch: o.opt_str("killSwitch")?,
@@ -123,12 +125,17 @@ fn key_source(v: &Value, path: String) -> R<KeySource> {
 }
 
 fn rule(v: &Value, path: String) -> R<RuleConfig> {
-    let o = obj(v, path, &["name", "match", "version", "share"])?;
+    let o = obj(
+        v,
+        path,
+        &["name", "match", "version", "share", "trustedOnly"],
+    )?;
     Ok(RuleConfig {
         name: o.str("name")?,
         conditions: o.each("match", condition)?,
         version: o.str("version")?,
         share: o.opt_u32("share")?,
+        trusted_only: o.opt_bool("trustedOnly")?.unwrap_or(false),
     })
 }
 

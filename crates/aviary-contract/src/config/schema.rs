@@ -29,6 +29,11 @@ pub struct PluginConfig {
     pub scope: Vec<ConditionConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyConfig>,
+    /// Peers trusted to make identity claims: rules with `trustedOnly` apply only to them, and
+    /// the override takes its trusted ranges from here unless it lists its own (CIDR). Checked
+    /// against Envoy's `source.address`, the connection's peer only with `use_remote_address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_cidrs: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleConfig>,
     #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
@@ -103,6 +108,14 @@ pub struct RuleConfig {
     /// Share of matching requests the rule applies to, in basis points (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<u32>,
+    /// The rule applies only to requests from a peer in the top-level `trustedCidrs`, for
+    /// rules that force a version on a header any client could send.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trusted_only: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -131,7 +144,9 @@ pub struct ConditionConfig {
 pub struct OverrideConfig {
     /// Request header naming the version to force.
     pub header: String,
-    /// Downstream source addresses allowed to use it (CIDR). Required, non-empty.
+    /// Downstream source addresses allowed to use it (CIDR); empty means the top-level
+    /// `trustedCidrs`, one of which must be given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_cidrs: Vec<String>,
 }
 

@@ -4,7 +4,7 @@
 use crate::config::compile::checks::{check_header_name, PSEUDO_HEADERS};
 use crate::config::error::ConfigError;
 use crate::config::schema::ConditionConfig;
-use crate::matcher::{Matcher, Source};
+use crate::matcher::{HostPort, Matcher, Source};
 
 #[derive(Debug, Clone)]
 pub struct Condition {
@@ -48,7 +48,39 @@ fn condition(c: &ConditionConfig, field: &str) -> Result<Condition, ConfigError>
                 "give exactly one of `exact`, `prefix`, `present` or `oneOf` (a non-empty list)",
             )),
         };
+    if source == Source::Header(":authority".into()) {
+        return Ok(Condition {
+            source,
+            matcher: authority(matcher, field)?,
+        });
+    }
     Ok(Condition { source, matcher })
+}
+
+/// `:authority` values compared as HTTP does: host case-insensitive, default port implied.
+fn authority(m: Matcher, field: &str) -> Result<Matcher, ConfigError> {
+    let (values, at) = match m {
+        Matcher::Exact(v) => (vec![v], "exact"),
+        Matcher::OneOf(list) => (list, "oneOf"),
+        Matcher::Prefix(p) => return Ok(Matcher::AuthorityPrefix(p.to_ascii_lowercase())),
+        other => return Ok(other),
+    };
+    let mut hosts = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let Some(h) = HostPort::parse(v) else {
+            let at = if at == "exact" {
+                format!("{field}.exact")
+            } else {
+                format!("{field}.oneOf[{i}]")
+            };
+            return Err(ConfigError::new(
+                at,
+                format!("`{v}` is not a host or host:port, e.g. \"recsys\" or \"recsys:8080\""),
+            ));
+        };
+        hosts.push(h);
+    }
+    Ok(Matcher::Authority(hosts))
 }
 
 fn path_prefix(c: &ConditionConfig, p: &str, field: &str) -> Result<Condition, ConfigError> {
@@ -102,5 +134,19 @@ mod tests {
         assert_eq!(field(path("/v2", Some("x"))), Some("m[0]".into()));
         let ok = conditions(&[path("/v2", None)], "m").ok();
         assert!(ok.is_some_and(|c| c[0].source == Source::Path));
+        let host = |one_of: &[&str]| ConditionConfig {
+            header: Some(":authority".into()),
+            one_of: Some(one_of.iter().map(|h| h.to_string()).collect()),
+            ..ConditionConfig::default()
+        };
+        assert_eq!(field(host(&["a", "b:x"])), Some("m[0].oneOf[1]".into()));
+        let compiled = conditions(&[host(&["RecSys:8080"])], "m").ok();
+        let want = HostPort {
+            host: "recsys".into(),
+            port: Some(8080),
+        };
+        assert!(compiled.is_some_and(
+            |c| matches!(&c[0].matcher, Matcher::Authority(h) if h[..] == [want.clone()])
+        ));
     }
 }

@@ -23,8 +23,9 @@ pub use scores::CompiledScores;
 pub use shadow::CompiledShadow;
 pub use versions::{layout, CompiledVersion};
 
+use crate::cidr::Cidr;
 use crate::config::error::ConfigError;
-use crate::config::schema::{PluginConfig, StickyConfig};
+use crate::config::schema::{PluginConfig, StickyConfig, DEFAULT_SHADOW_HEADER};
 use checks::{check_header_name, valid_name};
 use versions::version_of;
 
@@ -40,6 +41,8 @@ pub struct Compiled {
     /// `(lo, hi)` bucket range of each version; see `layout`.
     pub layout: Vec<(u32, u32)>,
     pub sticky: Option<StickyConfig>,
+    /// Peers trusted to make identity claims (`trustedCidrs`), for `trustedOnly` rules.
+    pub trusted: Vec<Cidr>,
     pub rules: Vec<CompiledRule>,
     pub override_: Option<CompiledOverride>,
     pub kill_switch: Option<usize>,
@@ -49,6 +52,9 @@ pub struct Compiled {
     pub digest: u64,
     /// True if any rule or key needs the request's headers.
     pub needs_headers: bool,
+    /// Headers only the plugin may set, removed from every request that arrives with them: the
+    /// routing header (first), the shadow mark header and each shadow target's mirror header.
+    pub reserved_headers: Vec<String>,
 }
 
 impl PluginConfig {
@@ -58,8 +64,9 @@ impl PluginConfig {
         check_names(cfg)?;
         let versions = versions::versions(cfg)?;
         let sticky = sticky::sticky(cfg)?;
+        let trusted = overrides::trusted(cfg)?;
         let rules = rules::rules(cfg)?;
-        let override_ = overrides::override_(cfg)?;
+        let override_ = overrides::override_(cfg, &trusted)?;
         let kill_switch = match &cfg.kill_switch {
             None => None,
             Some(name) => Some(version_of(cfg, "killSwitch".into(), name)?),
@@ -75,6 +82,7 @@ impl PluginConfig {
                 .as_ref()
                 .is_some_and(|s| !s.conditions.is_empty() || !s.rules.is_empty())
             || !scope.is_empty();
+        let reserved_headers = reserved_headers(cfg);
         Ok(Compiled {
             service: cfg.service.clone(),
             routing_header: cfg.routing_header.clone(),
@@ -83,6 +91,7 @@ impl PluginConfig {
             layout: layout(&versions),
             versions,
             sticky,
+            trusted,
             rules,
             override_,
             kill_switch,
@@ -91,8 +100,33 @@ impl PluginConfig {
             metrics,
             digest,
             needs_headers,
+            reserved_headers,
         })
     }
+}
+
+/// The routing header, the mark header (the default one without shadows) and every target's
+/// mirror header (its default name when mirrored by the plugin), each once.
+fn reserved_headers(cfg: &PluginConfig) -> Vec<String> {
+    let mark = cfg
+        .shadow
+        .as_ref()
+        .map_or(DEFAULT_SHADOW_HEADER, |s| s.mark_header.as_str());
+    let mirrors = cfg
+        .shadow
+        .iter()
+        .flat_map(|s| &s.targets)
+        .map(|t| t.mirror_header());
+    let mut out: Vec<String> = Vec::new();
+    for h in [cfg.routing_header.clone(), mark.to_owned()]
+        .into_iter()
+        .chain(mirrors)
+    {
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    out
 }
 
 /// The service name and the headers the filter writes.

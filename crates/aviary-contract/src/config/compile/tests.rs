@@ -134,6 +134,64 @@ fn sticky_rules_override_kill_switch() {
 }
 
 #[test]
+fn trusted_peers() {
+    let debug = r#""rules":[{"name":"debug","match":[{"header":"x-canary","exact":"always"}],"version":"canary","trustedOnly":true}]"#;
+    rejects(&[
+        (
+            &format!(",{debug}"),
+            "rules[0].trustedOnly",
+            "top-level `trustedCidrs`",
+        ),
+        (
+            &format!(r#",{debug},"override":{{"header":"x-f","trustedCidrs":["10.0.0.0/8"]}}"#),
+            "rules[0].trustedOnly",
+            "applies to the override only",
+        ),
+        (
+            r#","override":{"header":"x-f"}"#,
+            "override.trustedCidrs",
+            "top-level `trustedCidrs`",
+        ),
+        (
+            r#","trustedCidrs":["10.0.0.0/8","10.0.0.0/40"]"#,
+            "trustedCidrs[1]",
+            "not a CIDR",
+        ),
+    ]);
+    let c = compile(&format!(
+        r#","trustedCidrs":["10.0.0.0/8"],{debug},"override":{{"header":"x-f"}}"#
+    ));
+    assert!(c.is_ok_and(|c| c.rules[0].trusted_only
+        && c.trusted.len() == 1
+        && c.override_.is_some_and(|o| o.trusted == c.trusted)));
+    let own = compile(
+        r#","trustedCidrs":["10.0.0.0/8"],"override":{"header":"x-f","trustedCidrs":["::1/128","127.0.0.1"]}"#,
+    );
+    assert!(own.is_ok_and(|c| c.override_.is_some_and(|o| o.trusted.len() == 2)));
+}
+
+#[test]
+fn reserved_headers_are_the_ones_only_the_plugin_sets() {
+    let plain = compile("").map(|c| c.reserved_headers);
+    assert_eq!(
+        plain.ok(),
+        Some(vec!["x-aviary-version".into(), "x-aviary-shadow".into()])
+    );
+    let mirrored = compile(
+        r#","routingHeader":"x-v","shadow":{"via":"envoy","targets":[{"version":"A","cluster":"a"},{"version":"b","cluster":"b","mirrorHeader":"x-m"}],"share":1}"#,
+    )
+    .map(|c| c.reserved_headers);
+    let want = ["x-v", "x-aviary-shadow", "x-aviary-mirror-a", "x-m"];
+    assert_eq!(mirrored.ok(), Some(want.map(String::from).to_vec()));
+    let marked = compile(
+        r#","shadow":{"targets":[{"version":"s","cluster":"c"}],"share":1,"markHeader":"x-aviary-version"}"#,
+    )
+    .map(|c| c.reserved_headers);
+    let want = ["x-aviary-version", "x-aviary-mirror-s"];
+    assert_eq!(marked.ok(), Some(want.map(String::from).to_vec()));
+}
+
+#[test]
 fn shadow() {
     let t = r#""targets":[{"version":"s","cluster":"c"}]"#;
     rejects(&[
