@@ -12,14 +12,64 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The release `.wasm`; `AVIARY_WASM` names another build (e.g. an older one, to see a test
+/// fail on the old behaviour).
 pub fn wasm() -> PathBuf {
-    let p = root().join("target/wasm32-wasip1/release/aviary.wasm");
+    let p = std::env::var_os("AVIARY_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip1/release/aviary.wasm"));
     assert!(
         p.exists(),
         "{} is missing: run `make build` first",
         p.display()
     );
     p
+}
+
+/// The test-only build whose VM panics on `x-aviary-crash-probe` (`make crash-probe`);
+/// `AVIARY_CRASH_PROBE_WASM` names another build.
+pub fn crash_probe_wasm() -> PathBuf {
+    let p = std::env::var_os("AVIARY_CRASH_PROBE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/crash-probe/wasm32-wasip1/release/aviary.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: `make test` builds it (feature crash-probe)",
+        p.display()
+    );
+    p
+}
+
+/// A shipped config without Envoy's native strip of the routing, mark and mirror headers (the
+/// connection manager's `early_header_mutation_extensions`), as a config written without it
+/// would be: then only the plugin stands between a client's header and a route.
+pub fn without_native_strip(template: &str) -> String {
+    let start = template
+        .find("          # Security: a client may never")
+        .expect("the shipped config strips natively");
+    let end = template
+        .find("          # source.address (the override's trust check)")
+        .expect("the strip block ends before use_remote_address");
+    let mut t = template.to_string();
+    t.replace_range(start..end, "");
+    assert!(!t.contains("early_header_mutation"));
+    t
+}
+
+/// Appends a `shadow_v2` cluster on `{{SHADOW_PORT}}` to a template whose clusters come last.
+pub fn with_shadow_cluster(template: String) -> String {
+    template
+        + "  - name: shadow_v2\n    connect_timeout: 1s\n    load_assignment: {cluster_name: shadow_v2, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{SHADOW_PORT}}}}}}]}]}\n"
+}
+
+/// Envoy's log so far.
+pub fn envoy_log(envoy: &EnvoyProcess) -> String {
+    std::fs::read_to_string(envoy.log_path()).unwrap_or_default()
+}
+
+/// A counter of Envoy's, 0 while it does not exist.
+pub fn stat(envoy: &EnvoyProcess, name: &str) -> u64 {
+    envoy.stat(name).ok().flatten().unwrap_or(0)
 }
 
 pub fn envoy_file(name: &str) -> String {
