@@ -25,7 +25,7 @@ pub use versions::{layout, CompiledVersion};
 
 use crate::cidr::Cidr;
 use crate::config::error::ConfigError;
-use crate::config::schema::{PluginConfig, StickyConfig, DEFAULT_SHADOW_HEADER};
+use crate::config::schema::{PluginConfig, ShadowVia, StickyConfig, DEFAULT_SHADOW_HEADER};
 use checks::{check_header_name, valid_name};
 use versions::version_of;
 
@@ -53,7 +53,8 @@ pub struct Compiled {
     /// True if any rule or key needs the request's headers.
     pub needs_headers: bool,
     /// Headers only the plugin may set, removed from every request that arrives with them: the
-    /// routing header (first), the shadow mark header and each shadow target's mirror header.
+    /// routing header (first), the shadow mark header and, with `via: envoy`, each target's
+    /// mirror header.
     pub reserved_headers: Vec<String>,
 }
 
@@ -105,8 +106,8 @@ impl PluginConfig {
     }
 }
 
-/// The routing header, the mark header (the default one without shadows) and every target's
-/// mirror header (its default name when mirrored by the plugin), each once.
+/// The routing header, the mark header (the default one without shadows) and, with
+/// `via: envoy`, every target's mirror header, each once.
 fn reserved_headers(cfg: &PluginConfig) -> Vec<String> {
     let mark = cfg
         .shadow
@@ -115,6 +116,7 @@ fn reserved_headers(cfg: &PluginConfig) -> Vec<String> {
     let mirrors = cfg
         .shadow
         .iter()
+        .filter(|s| s.via == ShadowVia::Envoy)
         .flat_map(|s| &s.targets)
         .map(|t| t.mirror_header());
     let mut out: Vec<String> = Vec::new();
