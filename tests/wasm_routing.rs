@@ -469,6 +469,10 @@ fn bad_configs_are_rejected_naming_the_field_and_the_last_good_one_keeps_serving
             r#"{"versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0}],"colour":"red"}"#,
             "colour",
         ),
+        (
+            r#"{"versions":[{"name":"stable","weight":10000},{"name":"canary","weight":0}],"rules":[{"name":"debug","match":[{"header":"x-canary","exact":"always"}],"version":"canary","trustedOnly":true}]}"#,
+            "rules[0].trustedOnly`: needs peers to trust: list them in the top-level `trustedCidrs`",
+        ),
         ("not json", "not valid JSON"),
         ("", "no configuration given"),
     ];
