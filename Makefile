@@ -59,6 +59,7 @@ crash-probe: wasm-target
 test: build envoy system-deps crash-probe
 	$(CARGO) build --release --target $(WASM_TARGET) -p aviary-noop
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory fuzz-smoke
 
 ## lint: formatting and clippy (the filter crate denies unwrap/expect/panic)
 lint:
@@ -107,7 +108,8 @@ bench-quick: build envoy system-deps
 # Coverage-guided fuzzing of the parsers (fuzz/README.md): cargo-fuzz + libFuzzer with
 # AddressSanitizer. Only the stable toolchain is here, so RUSTC_BOOTSTRAP=1 lets it pass the
 # nightly -Z flags. The fuzz crate is its own workspace with its own target dir (fuzz/target);
-# each run reads the committed seeds (fuzz/corpus/T) and grows fuzz/target/corpus/T.
+# each run reads the committed seeds (fuzz/corpus/T) and grows fuzz/target/corpus/T; a
+# libFuzzer dictionary fuzz/dict/T.dict is used when there is one.
 FUZZ_TARGETS := config headers extract request
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 20
@@ -124,7 +126,8 @@ define run_fuzz
 	  mkdir -p fuzz/target/corpus/$$t && \
 	  echo "== fuzz $$t: $(1) s" && \
 	  $(FUZZ_CARGO) run --fuzz-dir fuzz --target-dir fuzz/target $$t fuzz/target/corpus/$$t fuzz/corpus/$$t \
-	    -- -max_total_time=$(1) -print_final_stats=1 || exit 1; \
+	    -- -max_total_time=$(1) -print_final_stats=1 \
+	    $$([ -f fuzz/dict/$$t.dict ] && echo -dict=fuzz/dict/$$t.dict) || exit 1; \
 	done
 endef
 
