@@ -55,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     for (k, _) in &pairs {
         let first = pairs.iter().find(|(n, _)| n.eq_ignore_ascii_case(k));
         assert_eq!(h.get(k), first.map(|(_, v)| v.as_str()));
-        assert_eq!(h.get(&k.to_ascii_uppercase()), first.map(|(_, v)| v.as_str()));
+        assert_eq!(
+            h.get(&k.to_ascii_uppercase()),
+            first.map(|(_, v)| v.as_str())
+        );
     }
     // What was read serialises and reads back to the same headers.
     assert_eq!(HeaderBlock::from_pairs(&pairs).to_pairs(), pairs);

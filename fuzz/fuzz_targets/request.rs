@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
         let whole = raw_path.expect("a query parameter without a :path header");
         let q = &whole[whole.find('?').expect("a query parameter without '?'") + 1..];
         // A parameter without `=` (`?flag`) has the empty value, which may live anywhere.
-        assert!(v.is_empty() || within(v, q), "{v:?} not in the query of {whole:?}");
+        assert!(
+            v.is_empty() || within(v, q),
+            "{v:?} not in the query of {whole:?}"
+        );
         assert!(!v.contains('&') && !v.contains('#'));
         assert!(!name.contains('&') && !name.contains('#'));
     }
@@ -45,13 +48,18 @@ fuzz_target!(|data: &[u8]| {
         let in_cookie_header = hs
             .iter()
             .any(|(k, h)| k.eq_ignore_ascii_case("cookie") && within(v, h));
-        assert!(in_cookie_header, "cookie {name:?}={v:?} not from a cookie header");
+        assert!(
+            in_cookie_header,
+            "cookie {name:?}={v:?} not from a cookie header"
+        );
         assert!(!v.contains(';') && !v.starts_with('"') && !v.ends_with('"'));
         assert!(!name.contains(';') && !name.contains('='));
     }
 
     if let Some(v) = view.header(name) {
-        assert!(hs.iter().any(|(k, h)| k.eq_ignore_ascii_case(name) && within(v, h)));
+        assert!(hs
+            .iter()
+            .any(|(k, h)| k.eq_ignore_ascii_case(name) && within(v, h)));
     }
 
     // The condition sources read the same attributes.
