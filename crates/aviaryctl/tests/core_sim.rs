@@ -61,9 +61,16 @@ fn aa_full_schedule_false_rollback_rate_is_at_most_one_percent() {
         .filter(|(o, _, _)| *o == Some(Outcome::Promoted))
         .count();
     let mean_s = results.iter().map(|r| r.1).sum::<u64>() / runs / 1000;
+    let promote_ms: Vec<u64> = results
+        .iter()
+        .filter(|r| r.0 == Some(Outcome::Promoted))
+        .map(|r| r.1)
+        .collect();
+    let median_s = percentile(promote_ms.clone(), 0.5) / 1000;
+    let p95_s = percentile(promote_ms, 0.95) / 1000;
     let p99_holds = percentile(results.iter().map(|r| r.2 as u64).collect(), 0.99);
     eprintln!(
-        "A/A: {rollbacks}/{runs} false rollbacks, {promoted} promoted, mean time to promotion {mean_s} s, p99 holds {p99_holds}"
+        "A/A: {rollbacks}/{runs} false rollbacks, {promoted} promoted, time to promotion: mean {mean_s} s, median {median_s} s, p95 {p95_s} s; p99 holds {p99_holds}"
     );
     assert!(
         rollbacks as f64 <= 0.01 * runs as f64,
@@ -276,4 +283,55 @@ fn prediction_drift_is_rolled_back() {
     );
     assert!(rolled >= 95 && promoted == 0);
     assert_eq!(gates, vec!["drift".to_string()]);
+}
+
+/// Numbers: a canary at 2% errors against a 1% ceiling (too little excess for the sequential
+/// test to prove within the first steps: it needs about 2000 canary responses) is never
+/// promoted in 100 runs, and no step advances from a check at which the cumulative error
+/// estimate was over the ceiling on the evidence (one-sided p < 0.1). Before the over-limit
+/// rule, an estimate over the ceiling passed at every step but the last.
+#[test]
+fn over_limit_but_not_significant_canary_never_advances() {
+    use aviaryctl::core::gates::Verdict;
+    use aviaryctl::core::stats::over_limit;
+    let spec = spec_with(
+        "errorRate: {max: 0.01, maxRelative: 2}",
+        "errorRate: {max: 0.01}",
+    );
+    let canary = Behaviour {
+        error_rate: 0.02,
+        ..Behaviour::healthy()
+    };
+    let runs = 100;
+    let results = par(runs, |seed| {
+        let mut world = World::new(seed, 2000.0 / 30.0, Behaviour::healthy(), canary.clone());
+        let r = run(&spec, &mut world, 1_000, 6 * 3_600_000);
+        let mut bad_advances = 0;
+        let mut over_holds = 0;
+        for d in &r.history.decisions {
+            let Some(g) = d.gates.iter().find(|g| g.gate == "errorRate.max") else {
+                continue;
+            };
+            let k = g.observed.get("canaryErrors").copied().unwrap_or(0.0) as u64;
+            let n = g.observed.get("canaryN").copied().unwrap_or(0.0) as u64;
+            let over = over_limit(k, n, 0.01);
+            if matches!(d.kind, DecisionKind::Advance | DecisionKind::Promote) && over {
+                bad_advances += 1;
+            }
+            if d.kind == DecisionKind::Hold && g.verdict == Verdict::Inconclusive && over {
+                over_holds += 1;
+            }
+        }
+        (r.outcome, bad_advances, over_holds)
+    });
+    let promoted = results
+        .iter()
+        .filter(|r| r.0 == Some(Outcome::Promoted))
+        .count();
+    let bad: u32 = results.iter().map(|r| r.1).sum();
+    let holds: u32 = results.iter().map(|r| r.2).sum();
+    eprintln!("2% vs 1% ceiling: promoted {promoted}/{runs}, advances over the limit {bad}, holds over the limit {holds}");
+    assert_eq!(promoted, 0);
+    assert_eq!(bad, 0);
+    assert!(holds > 0, "the over-limit rule never held");
 }

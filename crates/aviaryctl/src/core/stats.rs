@@ -316,6 +316,50 @@ pub fn chi_square_critical(alpha: f64, df: u32) -> f64 {
     (k * (1.0 - a + z * a.sqrt()).powi(3)).max(0.0)
 }
 
+/// `P(X ≥ k)` for `X ~ Binomial(n, p)`: exact summation while the mean is small, a
+/// continuity-corrected normal approximation otherwise.
+pub fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n || p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let mean = n as f64 * p;
+    if k > 2000 || mean > 200.0 {
+        let sd = (mean * (1.0 - p)).sqrt();
+        return 1.0 - normal_cdf((k as f64 - 0.5 - mean) / sd);
+    }
+    // P(X < k) = Σ_{i<k} pmf(i), pmf in log space so (1 − p)^n does not underflow.
+    let mut log_pmf = n as f64 * (-p).ln_1p();
+    let ratio = (p / (1.0 - p)).ln();
+    let mut below = 0.0;
+    for i in 0..k {
+        below += log_pmf.exp();
+        log_pmf += ((n - i) as f64 / (i + 1) as f64).ln() + ratio;
+    }
+    (1.0 - below).clamp(0.0, 1.0)
+}
+
+/// The one-sided p-value below which an estimate counts as over its limit (weak evidence of
+/// a breach): the step then holds rather than advancing. Above it the excess is within
+/// sampling noise (one error among an expected 0.8 is not a breach).
+pub const OVER_LIMIT_P: f64 = 0.1;
+
+/// The normal quantile matching [`OVER_LIMIT_P`] (bounds for "over the limit").
+pub fn over_limit_z() -> f64 {
+    normal_quantile(1.0 - OVER_LIMIT_P)
+}
+
+/// Whether `k` events out of `n` are over a limit `p0` on the evidence:
+/// `P(X ≥ k) < OVER_LIMIT_P` under `Binomial(n, p0)`.
+pub fn over_limit(k: u64, n: u64, p0: f64) -> bool {
+    n > 0 && binomial_sf(k, n, p0) < OVER_LIMIT_P
+}
+
 /// Mixture SPRT for "a Bernoulli probability exceeds its null". See the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MixtureSprt {
@@ -326,6 +370,9 @@ pub struct MixtureSprt {
     /// Trials and successes fed in so far (for reporting).
     pub trials: u64,
     pub successes: u64,
+    /// Successes expected at the null boundary: `Σ trials·p0` over the updates.
+    #[serde(default)]
+    pub null_successes: f64,
 }
 
 impl Default for MixtureSprt {
@@ -335,6 +382,7 @@ impl Default for MixtureSprt {
             peak_log_e: 0.0,
             trials: 0,
             successes: 0,
+            null_successes: 0.0,
         }
     }
 }
@@ -354,6 +402,7 @@ impl MixtureSprt {
         }
         self.trials += trials;
         self.successes += successes.min(trials);
+        self.null_successes += trials as f64 * p0;
         self.peak_log_e = self.peak_log_e.max(self.log_e_value());
     }
 
@@ -381,6 +430,18 @@ impl MixtureSprt {
         }
         let sum: f64 = self.log_lr.iter().map(|l| (l - max).exp()).sum();
         max + (sum / self.log_lr.len() as f64).ln()
+    }
+
+    /// The null probability averaged over the trials so far (`None` before any).
+    pub fn null_rate(&self) -> Option<f64> {
+        (self.trials > 0).then(|| self.null_successes / self.trials as f64)
+    }
+
+    /// Whether the successes so far are over the null boundary on the evidence
+    /// ([`over_limit`] at the average null probability).
+    pub fn over_null(&self) -> bool {
+        self.null_rate()
+            .is_some_and(|p0| over_limit(self.successes, self.trials, p0))
     }
 
     /// Whether the null has been rejected at level `alpha` at any look so far.
@@ -445,6 +506,18 @@ mod tests {
         let (chi, df) = chi_square_homogeneity(&[50, 50], &[50, 50]).unwrap_or((f64::NAN, 0));
         assert_eq!((chi, df), (0.0, 1));
         assert!((chi_square_critical(0.05, 9) - 16.919).abs() < 0.2);
+    }
+
+    #[test]
+    fn binomial_tail() {
+        assert!((binomial_sf(1, 10, 0.1) - (1.0 - 0.9f64.powi(10))).abs() < 1e-12);
+        assert_eq!(binomial_sf(0, 10, 0.1), 1.0);
+        assert!((binomial_sf(500, 1000, 0.5) - 0.5125).abs() < 0.002);
+        assert!(!over_limit(1, 400, 0.002));
+        assert!(over_limit(3, 400, 0.002));
+        assert!(!over_limit(2, 400, 0.002));
+        assert!(over_limit(11, 200, 0.03));
+        assert!(!over_limit(6, 200, 0.03));
     }
 
     #[test]

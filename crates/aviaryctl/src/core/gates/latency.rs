@@ -17,7 +17,6 @@ pub fn latency_slo(
         alpha,
         index: look,
         min_samples,
-        strict,
     } = look;
     let max = gate.max_ms.unwrap_or(f64::INFINITY);
     let n = stats::histogram_total(&window.canary.latency_buckets);
@@ -32,6 +31,9 @@ pub fn latency_slo(
     let Some(c) = stats::quantile_bounds(q, &window.canary.latency_buckets, z) else {
         return GateResult::missing(name, "no canary latency histogram");
     };
+    // Over the SLO on the evidence: the lower bound at the lenient level is above it.
+    let over = stats::quantile_bounds(q, &window.canary.latency_buckets, stats::over_limit_z())
+        .is_some_and(|w| w.lower > max);
     let (v, reason) = if c.lower > max {
         (
             Verdict::Fail,
@@ -41,14 +43,13 @@ pub fn latency_slo(
                 c.lower
             ),
         )
-    } else if c.point <= max {
+    } else if !over {
         (
             Verdict::Pass,
-            format!("canary p{} {:.1} ms ≤ {max} ms", q * 100.0, c.point),
+            format!("canary p{} {:.1} ms within the {max} ms SLO", q * 100.0, c.point),
         )
     } else {
         unproven(
-            strict,
             format!("canary p{} {:.1} ms is above {max} ms", q * 100.0, c.point),
         )
     };
@@ -77,7 +78,6 @@ pub fn latency_regression(
         alpha,
         index: look,
         min_samples,
-        strict,
     } = look;
     let r = gate.max_regression.unwrap_or(f64::INFINITY);
     let cn = stats::histogram_total(&window.canary.latency_buckets);
@@ -110,6 +110,10 @@ pub fn latency_regression(
         f64::INFINITY
     };
     let p = q * 100.0;
+    // Over the limit on the evidence: the canary's lower bound at the lenient level is above
+    // `r ×` the baseline's estimate.
+    let over = stats::quantile_bounds(q, &window.canary.latency_buckets, stats::over_limit_z())
+        .is_some_and(|w| w.lower > r * b.point);
     let (v, reason) = if b.upper.is_finite() && c.lower > r * b.upper {
         (
             Verdict::Fail,
@@ -117,7 +121,7 @@ pub fn latency_regression(
                 "canary p{p} is at least {conservative:.2}× the baseline's with confidence (limit {r}×)"
             ),
         )
-    } else if ratio <= r {
+    } else if !over {
         (
             Verdict::Pass,
             format!(
@@ -127,7 +131,6 @@ pub fn latency_regression(
         )
     } else {
         unproven(
-            strict,
             format!("canary p{p} is {ratio:.2}× the baseline's (limit {r}×)"),
         )
     };

@@ -19,7 +19,7 @@ mod window;
 
 pub use custom::custom;
 pub use drift::{aligned_bins, divergence, drift};
-pub use error_rate::{error_rate_gate, fast_error_breach, ErrorTests};
+pub use error_rate::{error_rate_gate, evidence_words, fast_error_breach, pct_text, ErrorTests};
 pub use latency::{latency_regression, latency_slo};
 pub use shadow::shadow_agreement;
 pub use window::{delta, error_delta, error_rate, errors, responses, Window};
@@ -99,10 +99,6 @@ pub struct Context<'a> {
     pub budget: AlphaBudget,
     /// Minimum samples per version.
     pub min_samples: u64,
-    /// The last step before full promotion: a point estimate beyond a limit holds even when
-    /// it is not significant. Earlier steps pass it on to the next step, which has more
-    /// traffic to judge it.
-    pub strict: bool,
 }
 
 impl<'a> Context<'a> {
@@ -112,7 +108,6 @@ impl<'a> Context<'a> {
             alpha,
             index,
             min_samples: self.min_samples,
-            strict: self.strict,
         }
     }
 
@@ -122,7 +117,6 @@ impl<'a> Context<'a> {
             spec,
             budget: spec.alpha_budget(),
             min_samples: spec.spec.analysis.min_samples,
-            strict: false,
         }
     }
 }
@@ -136,8 +130,6 @@ pub struct Look {
     pub index: u32,
     /// Minimum samples per version.
     pub min_samples: u64,
-    /// See [`Context::strict`].
-    pub strict: bool,
 }
 
 fn next_look(looks: &BTreeMap<String, u32>, gate: &str) -> u32 {
@@ -170,7 +162,6 @@ pub fn evaluate(
             tests,
             &ctx.budget,
             ctx.min_samples,
-            ctx.strict,
         ));
     }
     if let Some(l) = &g.latency {
@@ -198,20 +189,14 @@ pub fn evaluate(
     out
 }
 
-/// A limit exceeded by the point estimate without significance: holds at the last step,
-/// passes earlier (see [`Context::strict`]).
-fn unproven(strict: bool, what: String) -> (Verdict, String) {
-    if strict {
-        (
-            Verdict::Inconclusive,
-            format!("{what}, not yet significantly; holding before promotion"),
-        )
-    } else {
-        (
-            Verdict::Pass,
-            format!("{what}, not significantly; the next step judges it on more traffic"),
-        )
-    }
+/// A limit exceeded by the point estimate without significance: inconclusive at every step.
+/// The step holds and its window keeps growing until the test decides either way (or
+/// `maxHold` runs out); an estimate over a limit never advances.
+fn unproven(what: String) -> (Verdict, String) {
+    (
+        Verdict::Inconclusive,
+        format!("{what}, not yet significant; holding for more data"),
+    )
 }
 
 /// Values charted in the report for one evaluation.

@@ -9,9 +9,7 @@ use crate::core::gates::{self, Context, GateResult, MetricPoint, Verdict, Window
 impl Driver<'_> {
     /// The gates of the current phase on `w` (spending their looks), plus the charted values.
     pub(super) fn evaluate(&mut self, w: &Window) -> (Vec<GateResult>, MetricPoint) {
-        let mut ctx = Context::new(self.spec);
-        ctx.strict =
-            matches!(self.s.phase, Phase::Canary { step } if step + 1 >= self.s.schedule.len());
+        let ctx = Context::new(self.spec);
         let point = gates::metric_point(self.spec, w);
         let results = if self.s.phase == Phase::Shadow {
             vec![self.shadow_gate(w, ctx.budget.shadow)]
