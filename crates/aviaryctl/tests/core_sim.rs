@@ -335,3 +335,113 @@ fn over_limit_but_not_significant_canary_never_advances() {
     assert_eq!(bad, 0);
     assert!(holds > 0, "the over-limit rule never held");
 }
+
+/// Runs a slow canary from a 5% first step at 1000 rps; returns (outcome, canary requests,
+/// ms from the step's start to the rollback, the fast-rollback gates).
+fn slow_canary_runs(
+    spec: &aviaryctl::core::spec::RolloutSpec,
+    canary: Behaviour,
+    runs: u64,
+) -> Vec<(Option<Outcome>, u64, u64, Vec<String>)> {
+    par(runs, |seed| {
+        let mut world = World::new(seed, 1000.0, Behaviour::healthy(), canary.clone());
+        let r = run(spec, &mut world, 1_000, 600_000);
+        let fast = r
+            .history
+            .decisions
+            .last()
+            .filter(|d| d.kind == DecisionKind::FastRollback)
+            .map(|d| d.gates.iter().map(|g| g.gate.clone()).collect())
+            .unwrap_or_default();
+        (r.outcome, r.canary_requests, r.ended_ms, fast)
+    })
+}
+
+fn report_slow(what: &str, results: &[(Option<Outcome>, u64, u64, Vec<String>)], n: u64) -> f64 {
+    let fast: Vec<&(Option<Outcome>, u64, u64, Vec<String>)> = results
+        .iter()
+        .filter(|r| r.0 == Some(Outcome::RolledBack) && r.3.iter().any(|g| g.starts_with("latency.")))
+        .collect();
+    let within = fast.iter().filter(|r| r.1 <= n).count();
+    let reqs: Vec<u64> = fast.iter().map(|r| r.1).collect();
+    let secs: Vec<u64> = fast.iter().map(|r| r.2).collect();
+    eprintln!(
+        "{what}: fast latency rollback in {}/{} runs, within {n} canary requests in {within}; canary requests median {} p95 {} max {}; seconds into the step median {:.0} max {:.0}",
+        fast.len(),
+        results.len(),
+        percentile(reqs.clone(), 0.5),
+        percentile(reqs.clone(), 0.95),
+        percentile(reqs, 1.0),
+        percentile(secs.clone(), 0.5) as f64 / 1000.0,
+        percentile(secs, 1.0) as f64 / 1000.0,
+    );
+    within as f64 / results.len() as f64
+}
+
+/// Numbers: a 5× slower canary (median 200 ms against 40 ms) at a 5% first step is rolled
+/// back by the latency fast track (share of requests over the regression bound) within 150
+/// canary requests in ≥ 95% of 1000 runs, seconds into the step rather than after
+/// `threshold × interval` (60 s).
+#[test]
+fn five_times_slower_canary_is_fast_tracked_within_150_canary_requests() {
+    let spec = spec_with("threshold: 2", "threshold: 2\n    stepWeights: [5, 25, 50, 100]");
+    let slow = Behaviour {
+        median_ms: 200.0,
+        ..Behaviour::healthy()
+    };
+    let results = slow_canary_runs(&spec, slow, 1000);
+    let rate = report_slow("5× latency at 5%", &results, 150);
+    assert!(rate >= 0.95, "{rate}");
+    assert!(results.iter().all(|r| r.0 == Some(Outcome::RolledBack)));
+}
+
+/// Numbers: a canary whose p95 (≈ 535 ms) is over a 250 ms SLO, with the regression test
+/// off, is rolled back by the SLO share test within 150 canary requests in ≥ 95% of 1000 runs.
+#[test]
+fn p95_over_the_slo_is_fast_tracked_within_150_canary_requests() {
+    let spec = core_common::parse(
+        &core_common::SPEC
+            .replacen("maxMs: 400, maxRegression: 1.2", "maxMs: 250", 1)
+            .replacen("threshold: 2", "threshold: 2\n    stepWeights: [5, 25, 50, 100]", 1),
+    );
+    let slow = Behaviour {
+        median_ms: 200.0,
+        ..Behaviour::healthy()
+    };
+    let results = slow_canary_runs(&spec, slow, 1000);
+    let rate = report_slow("p95 over a 250 ms SLO at 5%", &results, 150);
+    assert!(rate >= 0.95, "{rate}");
+    assert!(results
+        .iter()
+        .all(|r| r.3.is_empty() || r.3.contains(&"latency.p95.slo".to_string())));
+}
+
+/// A strongly shifted score distribution (PSI ≈ 4) is rolled back by the drift fast track,
+/// before the first bake interval ends.
+#[test]
+fn strong_drift_is_fast_tracked() {
+    let spec = spec_with("threshold: 2", "threshold: 2\n    stepWeights: [5, 25, 50, 100]");
+    let drifted = Behaviour {
+        scores: vec![0.60, 0.30, 0.05, 0.02, 0.01, 0.01, 0.005, 0.003, 0.001, 0.001],
+        ..Behaviour::healthy()
+    };
+    let results = par(200, |seed| {
+        let mut world = World::new(seed, 1000.0, Behaviour::healthy(), drifted.clone());
+        let r = run(&spec, &mut world, 1_000, 600_000);
+        let fast = r
+            .history
+            .decisions
+            .last()
+            .is_some_and(|d| d.kind == DecisionKind::FastRollback && d.gates.iter().any(|g| g.gate == "drift"));
+        (r.outcome, fast, r.ended_ms)
+    });
+    let fast: Vec<u64> = results.iter().filter(|r| r.1).map(|r| r.2).collect();
+    eprintln!(
+        "strong drift at 5%: fast drift rollback in {}/200 runs, seconds into the step median {:.0} max {:.0}",
+        fast.len(),
+        percentile(fast.clone(), 0.5) as f64 / 1000.0,
+        percentile(fast.clone(), 1.0) as f64 / 1000.0
+    );
+    assert!(fast.len() >= 190);
+    assert!(fast.iter().all(|&ms| ms < 30_000));
+}

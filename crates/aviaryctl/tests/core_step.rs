@@ -197,7 +197,12 @@ fn source_errors_hold_and_do_not_promote() {
 
 #[test]
 fn repeated_gate_failures_roll_back_at_the_threshold() {
-    let spec = spec();
+    // The threshold path: with the latency fast track on, a 3× slower canary is rolled back
+    // by the share test before the first check (see core_sim's fast-track tests).
+    let spec = spec_with(
+        "latency: {p95: {maxMs: 400, maxRegression: 1.2}}",
+        "latency: {p95: {maxMs: 400, maxRegression: 1.2}, fastTrack: false}",
+    );
     let slow = Behaviour {
         median_ms: 120.0,
         ..Behaviour::healthy()

@@ -13,12 +13,14 @@ use crate::core::stats;
 mod custom;
 mod drift;
 mod error_rate;
+mod fast;
 mod latency;
 mod shadow;
 mod window;
 
 pub use custom::custom;
 pub use drift::{aligned_bins, divergence, drift};
+pub use fast::{above, FastTests, ShareTest};
 pub use error_rate::{error_rate_gate, evidence_words, fast_error_breach, pct_text, ErrorTests};
 pub use latency::{latency_regression, latency_slo};
 pub use shadow::shadow_agreement;

@@ -191,6 +191,10 @@ pub struct LatencyGate {
     pub p99: Option<PercentileGate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
+    /// Also judge the share of canary requests over each limit at every `fastInterval` with
+    /// a sequential test, and roll back at once when it proves a breach.
+    #[serde(default = "yes")]
+    pub fast_track: bool,
 }
 
 impl LatencyGate {
@@ -229,6 +233,10 @@ pub struct DriftGate {
     pub max: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
+    /// Also judge the divergence at every `fastInterval` once the canary's scores have grown
+    /// by half since the last such look, and roll back at once when it is significant.
+    #[serde(default = "yes")]
+    pub fast_track: bool,
 }
 
 /// Divergence used by the drift gate.
@@ -270,9 +278,14 @@ pub struct CustomGate {
 pub struct AlphaBudget {
     pub error_absolute: f64,
     pub error_relative: f64,
-    /// Per percentile label (`p95`): (SLO test, regression test).
+    /// Per percentile label (`p95`): (SLO test, regression test), judged at each interval.
     pub latency: BTreeMap<String, (f64, f64)>,
+    /// Per percentile label: the fast-track sequential tests' shares (half of each latency
+    /// test's budget when its fast track is on, the other half staying with `latency`).
+    pub latency_fast: BTreeMap<String, (f64, f64)>,
     pub drift: f64,
+    /// The drift fast track's share (half the drift budget when on).
+    pub drift_fast: f64,
     pub shadow: f64,
 }
 
@@ -305,6 +318,8 @@ impl RolloutSpec {
             .and_then(|e| e.alpha)
             .map_or(share, |a| a / error_tests.max(1) as f64);
         let mut latency = BTreeMap::new();
+        let mut latency_fast = BTreeMap::new();
+        let fast_on = self.spec.analysis.fast_interval.is_some();
         if let Some(l) = &g.latency {
             let tests: usize = l
                 .percentiles()
@@ -314,15 +329,29 @@ impl RolloutSpec {
                 })
                 .sum();
             let each = l.alpha.map_or(share, |a| a / tests.max(1) as f64);
+            let fast = l.fast_track && fast_on;
+            let regular = if fast { each / 2.0 } else { each };
             for (label, _, _) in l.percentiles() {
-                latency.insert(label.to_string(), (each, each));
+                latency.insert(label.to_string(), (regular, regular));
+                if fast {
+                    latency_fast.insert(label.to_string(), (each / 2.0, each / 2.0));
+                }
             }
         }
+        let drift = g.drift.as_ref().and_then(|d| d.alpha).unwrap_or(share);
+        let drift_fast = g
+            .drift
+            .as_ref()
+            .is_some_and(|d| d.fast_track && fast_on)
+            .then_some(drift / 2.0)
+            .unwrap_or(0.0);
         AlphaBudget {
             error_absolute: error_share,
             error_relative: error_share,
             latency,
-            drift: g.drift.as_ref().and_then(|d| d.alpha).unwrap_or(share),
+            latency_fast,
+            drift: drift - drift_fast,
+            drift_fast,
             shadow: g
                 .shadow_agreement
                 .as_ref()

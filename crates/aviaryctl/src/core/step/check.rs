@@ -45,6 +45,7 @@ impl Driver<'_> {
                     if let Some(g) = &self.spec.spec.analysis.gates.error_rate {
                         self.s.error_tests.observe_counts(g, c, b);
                     }
+                    self.observe_latency(last.clone(), snap);
                 }
                 Err(e) => {
                     self.s.last = Some(snap.clone());
@@ -63,6 +64,29 @@ impl Driver<'_> {
             self.s.window_start = Some(snap.clone());
         }
         true
+    }
+
+    /// Feeds the canary's latency increment into the fast-track share tests (on a live step).
+    fn observe_latency(&mut self, last: Snapshot, snap: &Snapshot) {
+        let budget = self.spec.alpha_budget();
+        if budget.latency_fast.is_empty() || !matches!(self.s.phase, Phase::Canary { .. }) {
+            return;
+        }
+        let canary = &self.spec.spec.canary;
+        let Ok(inc) = gates::delta(last.versions.get(canary), snap.versions.get(canary)) else {
+            return;
+        };
+        let window = self.window_to(snap);
+        self.s
+            .fast_tests
+            .observe_latency(self.spec, &budget, &inc, window.as_ref());
+    }
+
+    /// The step window from its start to `snap`, if it opened and the counters allow.
+    fn window_to(&self, snap: &Snapshot) -> Option<Window> {
+        let (base, canary) = (&self.spec.spec.baseline, &self.spec.spec.canary);
+        let start = self.s.window_start.as_ref()?;
+        Window::between(start, snap, base, canary).ok()
     }
 
     /// Fast-track: a sequential error test that has rejected rolls back at once (or alerts,
@@ -91,29 +115,31 @@ impl Driver<'_> {
         true
     }
 
-    /// The failing error gates when the fast track is on, on a live step, and a sequential
-    /// test has rejected.
-    fn fast_breach(&self, snap: &Snapshot) -> Option<Vec<GateResult>> {
-        let g = self.spec.spec.analysis.gates.error_rate.as_ref()?;
-        let on = g.fast_track && self.spec.fast_interval_ms().is_some();
-        if !on || !matches!(self.s.phase, Phase::Canary { .. }) {
+    /// The failing fast-track tests on a live step: the sequential error and latency tests
+    /// that have rejected, and a drift look that found a significant shift.
+    fn fast_breach(&mut self, snap: &Snapshot) -> Option<Vec<GateResult>> {
+        if self.spec.fast_interval_ms().is_none() || !matches!(self.s.phase, Phase::Canary { .. })
+        {
             return None;
         }
         let budget = self.spec.alpha_budget();
-        let t = &self.s.error_tests;
-        let rejected = (g.max.is_some() && t.absolute.rejected(budget.error_absolute))
-            || (g.max_relative.is_some() && t.relative.rejected(budget.error_relative));
-        if !rejected {
-            return None;
+        let window = self.window_to(snap);
+        let mut breach = Vec::new();
+        if let Some(g) = self.spec.spec.analysis.gates.error_rate.as_ref() {
+            let t = &self.s.error_tests;
+            let rejected = (g.max.is_some() && t.absolute.rejected(budget.error_absolute))
+                || (g.max_relative.is_some() && t.relative.rejected(budget.error_relative));
+            if g.fast_track && rejected {
+                let w = window.clone().unwrap_or_default();
+                breach.extend(gates::fast_error_breach(g, &w, t, &budget));
+            }
         }
-        let (base, canary) = (&self.spec.spec.baseline, &self.spec.spec.canary);
-        let window = self
-            .s
-            .window_start
-            .as_ref()
-            .and_then(|w| Window::between(w, snap, base, canary).ok())
-            .unwrap_or_default();
-        let breach = gates::fast_error_breach(g, &window, t, &budget);
+        if let Some(w) = &window {
+            breach.extend(self.s.fast_tests.latency_breaches(self.spec, &budget, w));
+            if breach.is_empty() {
+                breach.extend(self.s.fast_tests.drift_look(self.spec, &budget, w));
+            }
+        }
         (!breach.is_empty()).then_some(breach)
     }
 

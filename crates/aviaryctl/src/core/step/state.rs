@@ -8,7 +8,7 @@ use aviary_contract::config::PluginConfig;
 use serde::{Deserialize, Serialize};
 
 use super::action::{ConfigWrite, Outcome};
-use crate::core::gates::ErrorTests;
+use crate::core::gates::{ErrorTests, FastTests};
 use crate::core::observe::Snapshot;
 use crate::core::spec::{Event, RolloutSpec};
 
@@ -81,6 +81,9 @@ pub struct RolloutState {
     pub awaiting: Option<PendingConfirmation>,
     /// Sequential error-rate tests over the whole rollout.
     pub error_tests: ErrorTests,
+    /// Fast-track latency and drift tests over the whole rollout.
+    #[serde(default)]
+    pub fast_tests: FastTests,
     /// Looks spent per alpha-spending test.
     pub looks: BTreeMap<String, u32>,
     /// A breach while paused has been alerted (not repeated).
@@ -129,6 +132,7 @@ impl RolloutState {
             hold_since_ms: None,
             awaiting: None,
             error_tests: ErrorTests::default(),
+            fast_tests: FastTests::default(),
             looks: BTreeMap::new(),
             breach_alerted: false,
             source_errors: 0,
