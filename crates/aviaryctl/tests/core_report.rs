@@ -272,3 +272,102 @@ fn reports_say_when_each_write_took_effect() {
     let md = render_markdown(&spec, &state, &history);
     assert!(md.contains("was not confirmed by the proxies"), "{md}");
 }
+
+/// A fast rollback's evidence is the same everywhere: the decision's headline, its webhook,
+/// the Markdown, the JSON and the chart all carry the rollout's cumulative error counts (not
+/// the last read's), and the headline has no e-values or log statistics.
+#[test]
+fn fast_rollback_evidence_is_the_same_in_headline_webhook_markdown_json_and_chart() {
+    let spec = spec();
+    let bad = Behaviour {
+        error_rate: 0.06,
+        ..Behaviour::healthy()
+    };
+    let mut world = World::new(31, 1000.0, Behaviour::healthy(), bad);
+    let (mut t, mut actions) = step(&spec, Tracked::new(&spec, 0), &Input::Start, 0);
+    let mut webhook = None;
+    while done(&actions).is_none() && world.now_ms < 600_000 {
+        world.apply(&actions);
+        world.advance(1_000);
+        (t, actions) = step(&spec, t, &Observation::of(world.snapshot()), world.now_ms);
+        for a in &actions {
+            if let Action::Notify(n) = a {
+                if n.event == aviaryctl::core::spec::Event::Rollback {
+                    webhook = Some(n.payload.clone());
+                }
+            }
+        }
+    }
+    let d = t.history.decisions.last().cloned().expect("a decision");
+    assert_eq!(d.kind, aviaryctl::core::step::DecisionKind::FastRollback);
+    let m = d
+        .metrics
+        .clone()
+        .expect("a fast rollback carries its numbers");
+    let (k, n) = (
+        m.canary_errors.unwrap_or(0),
+        m.canary_responses.unwrap_or(0),
+    );
+    let (bk, bn) = (
+        m.baseline_errors.unwrap_or(0),
+        m.baseline_responses.unwrap_or(0),
+    );
+    assert_eq!(
+        (k, n),
+        t.state.error_tests.canary,
+        "cumulative canary counts"
+    );
+    // More than one read's worth (1000 rps at 1% is about 10 canary responses a read).
+    assert!(
+        n >= m.canary_n && n > 20,
+        "cumulative, not the last read: {n}"
+    );
+    let counts = format!("canary errors {k}/{n}");
+    let base = format!("baseline {bk}/{bn}");
+    eprintln!("headline: {}", d.reason);
+    // The headline (terminal line) states the counts and the verdict in words.
+    assert!(
+        d.reason.contains(&counts) && d.reason.contains(&base),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason.contains("strong evidence of a breach"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        !d.reason.contains("e-value") && !d.reason.contains("logE"),
+        "{}",
+        d.reason
+    );
+    // The webhook: same reason, same counts in its gates and metrics.
+    let hook = webhook.expect("a rollback webhook");
+    assert_eq!(hook["reason"].as_str(), Some(d.reason.as_str()));
+    assert_eq!(hook["metrics"]["canaryErrors"].as_u64(), Some(k));
+    assert_eq!(hook["metrics"]["canaryResponses"].as_u64(), Some(n));
+    let g = &hook["gates"][0]["observed"];
+    assert_eq!(g["canaryErrors"].as_f64(), Some(k as f64));
+    assert_eq!(g["canaryN"].as_f64(), Some(n as f64));
+    // The JSON report: the same decision, counts and the e-value kept for machines.
+    let json = render_json(&spec, &t.state, &t.history);
+    let jd = json["decisions"].as_array().and_then(|a| a.last()).cloned();
+    let jd = jd.expect("decisions");
+    assert_eq!(jd["metrics"]["canaryErrors"].as_u64(), Some(k));
+    assert_eq!(
+        jd["gates"][0]["observed"]["canaryN"].as_f64(),
+        Some(n as f64)
+    );
+    assert!(jd["gates"][0]["observed"]["logE"].is_f64());
+    // The Markdown: the headline and the counts in the decision row.
+    let md = render_markdown(&spec, &t.state, &t.history);
+    assert!(md.contains(&counts), "{md}");
+    assert!(md.contains(&format!("({k}/{n})")), "{md}");
+    assert!(!md.contains("| Statistic |"));
+    // The chart: at the rollback, the error rate that caused it with its counts.
+    let svg = render_svg(&spec, &t.state, &t.history);
+    assert!(
+        svg.contains(&format!("({k}/{n})</text>")),
+        "chart lacks the rollback's numbers"
+    );
+}

@@ -360,7 +360,9 @@ fn slow_canary_runs(
 fn report_slow(what: &str, results: &[(Option<Outcome>, u64, u64, Vec<String>)], n: u64) -> f64 {
     let fast: Vec<&(Option<Outcome>, u64, u64, Vec<String>)> = results
         .iter()
-        .filter(|r| r.0 == Some(Outcome::RolledBack) && r.3.iter().any(|g| g.starts_with("latency.")))
+        .filter(|r| {
+            r.0 == Some(Outcome::RolledBack) && r.3.iter().any(|g| g.starts_with("latency."))
+        })
         .collect();
     let within = fast.iter().filter(|r| r.1 <= n).count();
     let reqs: Vec<u64> = fast.iter().map(|r| r.1).collect();
@@ -384,7 +386,10 @@ fn report_slow(what: &str, results: &[(Option<Outcome>, u64, u64, Vec<String>)],
 /// `threshold × interval` (60 s).
 #[test]
 fn five_times_slower_canary_is_fast_tracked_within_150_canary_requests() {
-    let spec = spec_with("threshold: 2", "threshold: 2\n    stepWeights: [5, 25, 50, 100]");
+    let spec = spec_with(
+        "threshold: 2",
+        "threshold: 2\n    stepWeights: [5, 25, 50, 100]",
+    );
     let slow = Behaviour {
         median_ms: 200.0,
         ..Behaviour::healthy()
@@ -402,7 +407,11 @@ fn p95_over_the_slo_is_fast_tracked_within_150_canary_requests() {
     let spec = core_common::parse(
         &core_common::SPEC
             .replacen("maxMs: 400, maxRegression: 1.2", "maxMs: 250", 1)
-            .replacen("threshold: 2", "threshold: 2\n    stepWeights: [5, 25, 50, 100]", 1),
+            .replacen(
+                "threshold: 2",
+                "threshold: 2\n    stepWeights: [5, 25, 50, 100]",
+                1,
+            ),
     );
     let slow = Behaviour {
         median_ms: 200.0,
@@ -420,19 +429,22 @@ fn p95_over_the_slo_is_fast_tracked_within_150_canary_requests() {
 /// before the first bake interval ends.
 #[test]
 fn strong_drift_is_fast_tracked() {
-    let spec = spec_with("threshold: 2", "threshold: 2\n    stepWeights: [5, 25, 50, 100]");
+    let spec = spec_with(
+        "threshold: 2",
+        "threshold: 2\n    stepWeights: [5, 25, 50, 100]",
+    );
     let drifted = Behaviour {
-        scores: vec![0.60, 0.30, 0.05, 0.02, 0.01, 0.01, 0.005, 0.003, 0.001, 0.001],
+        scores: vec![
+            0.60, 0.30, 0.05, 0.02, 0.01, 0.01, 0.005, 0.003, 0.001, 0.001,
+        ],
         ..Behaviour::healthy()
     };
     let results = par(200, |seed| {
         let mut world = World::new(seed, 1000.0, Behaviour::healthy(), drifted.clone());
         let r = run(&spec, &mut world, 1_000, 600_000);
-        let fast = r
-            .history
-            .decisions
-            .last()
-            .is_some_and(|d| d.kind == DecisionKind::FastRollback && d.gates.iter().any(|g| g.gate == "drift"));
+        let fast = r.history.decisions.last().is_some_and(|d| {
+            d.kind == DecisionKind::FastRollback && d.gates.iter().any(|g| g.gate == "drift")
+        });
         (r.outcome, fast, r.ended_ms)
     });
     let fast: Vec<u64> = results.iter().filter(|r| r.1).map(|r| r.2).collect();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{cell, lag, origin, outcome_text, rel};
-use crate::core::gates::Verdict;
+use crate::core::gates::{pct_text, MetricPoint, Verdict};
 use crate::core::spec::{HumanDuration, RolloutSpec};
 use crate::core::step::{pct, DecisionKind, History, RolloutState};
 
@@ -99,20 +99,13 @@ pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState, history: &Histo
             .iter()
             .filter(|g| g.verdict == Verdict::Fail)
             .collect();
+        if let Some(m) = &last.metrics {
+            let _ = writeln!(md, "\nThe numbers it rests on: {}.", numbers(m));
+        }
         if !failing.is_empty() {
-            let _ = writeln!(
-                md,
-                "\n| Gate | Statistic | Threshold | Reason |\n|---|---|---|---|"
-            );
+            let _ = writeln!(md, "\n| Gate | Evidence |\n|---|---|");
             for g in failing {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} |",
-                    g.gate,
-                    cell(g.statistic, 4, ""),
-                    cell(g.threshold, 4, ""),
-                    md_escape(&g.reason)
-                );
+                let _ = writeln!(md, "| {} | {} |", g.gate, md_escape(&g.reason));
             }
         }
     }
@@ -145,17 +138,19 @@ pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState, history: &Histo
             rel(d.at_ms, origin),
             d.stage,
             d.kind,
-            cell(
-                m.and_then(|m| m.canary_error_rate.map(|x| x * 100.0)),
-                2,
-                "%"
+            m.map_or_else(
+                || "–".to_string(),
+                |m| errors_cell(m.canary_errors, m.canary_responses, m.canary_error_rate)
             ),
-            cell(
-                m.and_then(|m| m.baseline_error_rate.map(|x| x * 100.0)),
-                2,
-                "%"
+            m.map_or_else(
+                || "–".to_string(),
+                |m| errors_cell(
+                    m.baseline_errors,
+                    m.baseline_responses,
+                    m.baseline_error_rate
+                )
             ),
-            cell(m.and_then(|m| m.canary_p95_ms), 1, " ms"),
+            m.map_or_else(|| "–".to_string(), p95_cell),
             cell(m.and_then(|m| m.baseline_p95_ms), 1, " ms"),
             cell(m.and_then(|m| m.drift), 3, ""),
             m.map_or_else(
@@ -166,4 +161,56 @@ pub fn render_markdown(spec: &RolloutSpec, state: &RolloutState, history: &Histo
         );
     }
     md
+}
+
+/// `6.1% (8/132)`, or the rate alone without counts, or a dash.
+fn errors_cell(errors: Option<u64>, n: Option<u64>, rate: Option<f64>) -> String {
+    match (errors, n, rate) {
+        (Some(e), Some(n), Some(r)) => format!("{} ({e}/{n})", pct_text(r)),
+        (_, _, Some(r)) => pct_text(r),
+        _ => "–".to_string(),
+    }
+}
+
+/// The canary's p95 with its 95% interval.
+fn p95_cell(m: &MetricPoint) -> String {
+    match (
+        m.canary_p95_ms,
+        m.canary_p95_lower_ms,
+        m.canary_p95_upper_ms,
+    ) {
+        (Some(p), Some(lo), Some(hi)) if hi.is_finite() => {
+            format!("{p:.1} ms ({lo:.0}–{hi:.0})")
+        }
+        (Some(p), Some(lo), _) => format!("{p:.1} ms (≥ {lo:.0})"),
+        (p, _, _) => cell(p, 1, " ms"),
+    }
+}
+
+/// One sentence of the numbers a decision rests on, as the webhook and JSON carry them.
+pub(super) fn numbers(m: &MetricPoint) -> String {
+    let mut parts = vec![format!(
+        "canary errors {} vs baseline {}",
+        errors_cell(m.canary_errors, m.canary_responses, m.canary_error_rate),
+        errors_cell(
+            m.baseline_errors,
+            m.baseline_responses,
+            m.baseline_error_rate
+        )
+    )];
+    if m.canary_p95_ms.is_some() || m.baseline_p95_ms.is_some() {
+        parts.push(format!(
+            "canary p95 {} vs baseline {}",
+            p95_cell(m),
+            cell(m.baseline_p95_ms, 1, " ms")
+        ));
+    }
+    if let Some(d) = m.drift {
+        parts.push(format!("drift {d:.3}"));
+    }
+    parts.push(format!(
+        "step window {} canary / {} baseline responses",
+        m.canary_n, m.baseline_n
+    ));
+    parts.join("; ")
 }

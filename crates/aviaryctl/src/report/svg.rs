@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::{origin, outcome_text, rel};
 use crate::core::gates::{MetricPoint, Verdict};
 use crate::core::spec::{DriftMetric, RolloutSpec};
-use crate::core::step::{Decision, History, RolloutState};
+use crate::core::step::{Decision, DecisionKind, History, RolloutState};
 
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -60,7 +60,8 @@ impl Panel {
 
 /// An SVG chart: canary weight over time as a step line (square-root scale, so 1% is
 /// visible next to 100%), then error rate, p95 latency and drift for baseline and canary at
-/// each evaluation. Rollbacks are marked with a dashed red line, failed checks with red dots.
+/// each evaluation. Rollbacks are marked with a dashed red line, failed checks with red dots,
+/// and the metric a rollback rests on with a red ring and its numbers on its panel.
 pub fn render_svg(spec: &RolloutSpec, state: &RolloutState, history: &History) -> String {
     let origin = origin(state);
     let last = state
@@ -284,6 +285,65 @@ pub fn render_svg(spec: &RolloutSpec, state: &RolloutState, history: &History) -
             y - 3.0,
             d.max
         );
+    }
+    // At the rollback, the metric that caused it: a red ring on its panel with the numbers.
+    let rollback = history.decisions.iter().rev().find(|d| {
+        matches!(d.kind, DecisionKind::Rollback | DecisionKind::FastRollback)
+            && d.gates.iter().any(|g| g.verdict == Verdict::Fail)
+    });
+    if let Some(d) = rollback {
+        let m = d.metrics.clone().unwrap_or_default();
+        let mut seen = Vec::new();
+        for g in d.gates.iter().filter(|g| g.verdict == Verdict::Fail) {
+            let (panel, value, text) = if g.gate.starts_with("errorRate") {
+                let v = m
+                    .canary_error_rate
+                    .or_else(|| g.observed.get("canary").copied())
+                    .map(|v| v * 100.0);
+                let counts = match (m.canary_errors, m.canary_responses) {
+                    (Some(e), Some(n)) => format!(" ({e}/{n})"),
+                    _ => String::new(),
+                };
+                (0, v, v.map(|v| format!("{v:.2}%{counts}")))
+            } else if g.gate.starts_with("latency") {
+                let v = m.canary_p95_ms;
+                let over = match (g.observed.get("canaryOver"), g.observed.get("canaryN")) {
+                    (Some(k), Some(n)) => format!(
+                        ", {k:.0}/{n:.0} over {:.0} ms",
+                        g.observed.get("boundMs").copied().unwrap_or(0.0)
+                    ),
+                    _ => String::new(),
+                };
+                (1, v, v.map(|v| format!("p95 {v:.0} ms{over}")))
+            } else if g.gate == "drift" {
+                let v = m.drift.or_else(|| g.observed.get("divergence").copied());
+                (2, v, v.map(|v| format!("{v:.3}")))
+            } else {
+                continue;
+            };
+            let Some(v) = value.filter(|v| v.is_finite()) else {
+                continue;
+            };
+            if seen.contains(&panel) {
+                continue;
+            }
+            seen.push(panel);
+            let p = &panels[panel];
+            let (cx, cy) = (x(d.at_ms), p.y(v));
+            let (tx, anchor) = if cx > W - RIGHT - 220.0 {
+                (cx - 8.0, "end")
+            } else {
+                (cx + 8.0, "start")
+            };
+            let label = format!("{}: {}", g.gate, text.unwrap_or_default());
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="6" fill="none" stroke="red" stroke-width="2"><title>{}</title></circle><text x="{tx:.1}" y="{:.1}" fill="red" text-anchor="{anchor}">{}</text>"#,
+                xml_escape(&g.reason),
+                cy - 8.0,
+                xml_escape(&label)
+            );
+        }
     }
     svg.push_str("</svg>\n");
     svg

@@ -293,6 +293,7 @@ impl Runner {
                 "reason": d.reason,
                 "failedChecks": d.failed_checks,
                 "gates": gates,
+                "metrics": d.metrics,
             }),
         );
     }

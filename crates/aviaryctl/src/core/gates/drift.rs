@@ -70,9 +70,9 @@ pub fn drift(gate: &DriftGate, window: &Window, look: Look) -> GateResult {
             format!("{label} {div:.4} > {max} and the shift is significant (χ² {chi:.1} > {crit:.1}, df {df})"),
         )
     } else {
-        unproven(
-            format!("{label} {div:.4} > {max} (χ² {chi:.1} ≤ {crit:.1})"),
-        )
+        unproven(format!(
+            "{label} {div:.4} > {max} (χ² {chi:.1} ≤ {crit:.1})"
+        ))
     };
     GateResult::new(name, v, reason)
         .with("divergence", div)

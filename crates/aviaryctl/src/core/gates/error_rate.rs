@@ -57,6 +57,7 @@ fn rate((e, n): (u64, u64)) -> f64 {
 /// threshold `1/α` (the e-value bounds the p-value: `p ≤ 1/e`).
 pub fn evidence_words(t: &MixtureSprt, alpha: f64) -> String {
     let e = t.peak_log_e.exp();
+    let level = (alpha * 1e6).round() / 1e6;
     let p = (1.0 / e).min(1.0);
     let p_text = if p < 0.001 {
         "p < 0.001".to_string()
@@ -64,9 +65,9 @@ pub fn evidence_words(t: &MixtureSprt, alpha: f64) -> String {
         format!("p ≤ {p:.3}")
     };
     if t.rejected(alpha) {
-        format!("strong evidence of a breach ({p_text}, level {alpha:.2e})")
+        format!("strong evidence of a breach ({p_text}; the test's level is {level})")
     } else if t.over_null() {
-        format!("over the limit ({p_text}; a breach needs p ≤ {alpha:.2e})")
+        format!("over the limit ({p_text}; a breach needs p ≤ {level})")
     } else {
         "no evidence of a breach".to_string()
     }
@@ -191,4 +192,3 @@ pub fn fast_error_breach(
         .filter(|r| r.verdict == Verdict::Fail)
         .collect()
 }
-

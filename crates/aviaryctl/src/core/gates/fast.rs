@@ -109,7 +109,10 @@ impl FastTests {
                     }
                 }
             }
-            for name in [format!("latency.{label}.slo"), format!("latency.{label}.regression")] {
+            for name in [
+                format!("latency.{label}.slo"),
+                format!("latency.{label}.regression"),
+            ] {
                 if let Some(t) = self.latency.get_mut(&name) {
                     if let Some(bound) = t.bound_ms {
                         let (k, n) = above(&increment.latency_buckets, bound);
@@ -138,7 +141,11 @@ impl FastTests {
                 continue;
             };
             let kinds = [
-                ("slo", a_slo, p.max_ms.map(|m| format!("p{} ≤ {m} ms", q * 100.0))),
+                (
+                    "slo",
+                    a_slo,
+                    p.max_ms.map(|m| format!("p{} ≤ {m} ms", q * 100.0)),
+                ),
                 (
                     "regression",
                     a_reg,
@@ -156,7 +163,15 @@ impl FastTests {
                 if !t.sprt.rejected(alpha) {
                     continue;
                 }
-                out.push(share_result(&name, t, bound, 1.0 - q, alpha, &limit, window));
+                out.push(share_result(
+                    &name,
+                    t,
+                    bound,
+                    1.0 - q,
+                    alpha,
+                    &limit,
+                    window,
+                ));
             }
         }
         out
@@ -206,7 +221,11 @@ fn share_result(
     let (k, n) = (t.sprt.successes, t.sprt.trials);
     let share = if n > 0 { k as f64 / n as f64 } else { f64::NAN };
     let (bk, bn) = above(&window.baseline.latency_buckets, bound);
-    let b_share = if bn > 0 { bk as f64 / bn as f64 } else { f64::NAN };
+    let b_share = if bn > 0 {
+        bk as f64 / bn as f64
+    } else {
+        f64::NAN
+    };
     let lo = stats::wilson(k, n, stats::normal_quantile(0.975)).0;
     let c = stats::histogram_quantile(0.95, &window.canary.latency_buckets);
     let words = super::evidence_words(&t.sprt, alpha);

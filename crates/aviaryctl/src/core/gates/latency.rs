@@ -46,12 +46,18 @@ pub fn latency_slo(
     } else if !over {
         (
             Verdict::Pass,
-            format!("canary p{} {:.1} ms within the {max} ms SLO", q * 100.0, c.point),
+            format!(
+                "canary p{} {:.1} ms within the {max} ms SLO",
+                q * 100.0,
+                c.point
+            ),
         )
     } else {
-        unproven(
-            format!("canary p{} {:.1} ms is above {max} ms", q * 100.0, c.point),
-        )
+        unproven(format!(
+            "canary p{} {:.1} ms is above {max} ms",
+            q * 100.0,
+            c.point
+        ))
     };
     let b = stats::histogram_quantile(q, &window.baseline.latency_buckets).unwrap_or(f64::NAN);
     GateResult::new(name, v, reason)
@@ -130,9 +136,9 @@ pub fn latency_regression(
             ),
         )
     } else {
-        unproven(
-            format!("canary p{p} is {ratio:.2}× the baseline's (limit {r}×)"),
-        )
+        unproven(format!(
+            "canary p{p} is {ratio:.2}× the baseline's (limit {r}×)"
+        ))
     };
     GateResult::new(name, v, reason)
         .with("canary", c.point)

@@ -20,8 +20,8 @@ mod window;
 
 pub use custom::custom;
 pub use drift::{aligned_bins, divergence, drift};
-pub use fast::{above, FastTests, ShareTest};
 pub use error_rate::{error_rate_gate, evidence_words, fast_error_breach, pct_text, ErrorTests};
+pub use fast::{above, FastTests, ShareTest};
 pub use latency::{latency_regression, latency_slo};
 pub use shadow::shadow_agreement;
 pub use window::{delta, error_delta, error_rate, errors, responses, Window};
@@ -201,7 +201,9 @@ fn unproven(what: String) -> (Verdict, String) {
     )
 }
 
-/// Values charted in the report for one evaluation.
+/// The numbers a decision rests on, charted in the report and sent with its webhook. Error
+/// counts and rates are the rollout's cumulative ones (what the error tests judge);
+/// percentiles and drift are the step window's, the canary's p95 with a 95% interval.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricPoint {
@@ -209,18 +211,35 @@ pub struct MetricPoint {
     pub baseline_error_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_error_rate: Option<f64>,
+    /// Cumulative canary errors and responses since the rollout began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_errors: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_responses: Option<u64>,
+    /// Cumulative baseline errors and responses since the rollout began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_errors: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_responses: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_p95_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_p95_ms: Option<f64>,
+    /// 95% rank interval of the canary's p95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_p95_lower_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_p95_upper_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<f64>,
+    /// Responses in the step window.
     pub baseline_n: u64,
     pub canary_n: u64,
 }
 
-/// The charted values of a window (drift with the spec's metric, PSI by default).
-pub fn metric_point(spec: &RolloutSpec, window: &Window) -> MetricPoint {
+/// The numbers of a decision on `window`, with the cumulative error counts of `tests` (drift
+/// with the spec's metric, PSI by default).
+pub fn metric_point(spec: &RolloutSpec, window: &Window, tests: &ErrorTests) -> MetricPoint {
     let finite = |x: Option<f64>| x.filter(|v| v.is_finite());
     let metric = spec
         .spec
@@ -229,9 +248,33 @@ pub fn metric_point(spec: &RolloutSpec, window: &Window) -> MetricPoint {
         .drift
         .as_ref()
         .map_or(DriftMetric::Psi, |d| d.metric);
+    let cumulative = tests.canary.1 > 0 || tests.baseline.1 > 0;
+    let rate = |(e, n): (u64, u64)| (n > 0).then(|| e as f64 / n as f64);
+    let (c_err, b_err) = if cumulative {
+        (rate(tests.canary), rate(tests.baseline))
+    } else {
+        (error_rate(&window.canary), error_rate(&window.baseline))
+    };
+    let (c, b) = if cumulative {
+        (tests.canary, tests.baseline)
+    } else {
+        (
+            (errors(&window.canary), responses(&window.canary)),
+            (errors(&window.baseline), responses(&window.baseline)),
+        )
+    };
+    let ci = stats::quantile_bounds(
+        0.95,
+        &window.canary.latency_buckets,
+        stats::normal_quantile(0.975),
+    );
     MetricPoint {
-        baseline_error_rate: finite(error_rate(&window.baseline)),
-        canary_error_rate: finite(error_rate(&window.canary)),
+        baseline_error_rate: finite(b_err),
+        canary_error_rate: finite(c_err),
+        canary_errors: Some(c.0),
+        canary_responses: Some(c.1),
+        baseline_errors: Some(b.0),
+        baseline_responses: Some(b.1),
         baseline_p95_ms: finite(stats::histogram_quantile(
             0.95,
             &window.baseline.latency_buckets,
@@ -240,6 +283,8 @@ pub fn metric_point(spec: &RolloutSpec, window: &Window) -> MetricPoint {
             0.95,
             &window.canary.latency_buckets,
         )),
+        canary_p95_lower_ms: finite(ci.map(|q| q.lower)),
+        canary_p95_upper_ms: finite(ci.map(|q| q.upper)),
         drift: finite(divergence(metric, window)),
         baseline_n: responses(&window.baseline),
         canary_n: responses(&window.canary),

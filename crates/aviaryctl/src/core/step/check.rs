@@ -97,10 +97,17 @@ impl Driver<'_> {
         };
         let reason = breach
             .iter()
-            .map(|r| r.reason.as_str())
+            .map(|r| format!("{}: {}", r.gate, r.reason))
             .collect::<Vec<_>>()
             .join("; ");
-        let ev = Evidence::gates(breach);
+        let window = self.window_to(snap);
+        let ev = Evidence {
+            gates: breach,
+            metrics: window
+                .as_ref()
+                .map(|w| gates::metric_point(self.spec, w, &self.s.error_tests)),
+            window_ms: window.as_ref().map(Window::duration_ms),
+        };
         if !self.s.paused {
             let why = format!("fast-track: {reason}");
             self.rollback(DecisionKind::FastRollback, Outcome::RolledBack, &why, &ev);
@@ -118,8 +125,7 @@ impl Driver<'_> {
     /// The failing fast-track tests on a live step: the sequential error and latency tests
     /// that have rejected, and a drift look that found a significant shift.
     fn fast_breach(&mut self, snap: &Snapshot) -> Option<Vec<GateResult>> {
-        if self.spec.fast_interval_ms().is_none() || !matches!(self.s.phase, Phase::Canary { .. })
-        {
+        if self.spec.fast_interval_ms().is_none() || !matches!(self.s.phase, Phase::Canary { .. }) {
             return None;
         }
         let budget = self.spec.alpha_budget();

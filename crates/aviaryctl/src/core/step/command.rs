@@ -36,7 +36,7 @@ impl Driver<'_> {
         self.s.paused = true;
         self.note(DecisionKind::Pause, "paused by operator");
         self.actions.push(Action::Persist);
-        self.notify(Event::Pause, "paused by operator", &[]);
+        self.notify(Event::Pause, "paused by operator", &Evidence::default());
     }
 
     fn resume(&mut self) {
@@ -48,7 +48,7 @@ impl Driver<'_> {
         self.s.hold_since_ms = None;
         self.note(DecisionKind::Resume, "resumed by operator");
         self.actions.push(Action::Persist);
-        self.notify(Event::Resume, "resumed by operator", &[]);
+        self.notify(Event::Resume, "resumed by operator", &Evidence::default());
     }
 
     fn manual_promote(&mut self, to_full: bool) {

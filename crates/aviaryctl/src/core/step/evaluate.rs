@@ -10,7 +10,7 @@ impl Driver<'_> {
     /// The gates of the current phase on `w` (spending their looks), plus the charted values.
     pub(super) fn evaluate(&mut self, w: &Window) -> (Vec<GateResult>, MetricPoint) {
         let ctx = Context::new(self.spec);
-        let point = gates::metric_point(self.spec, w);
+        let point = gates::metric_point(self.spec, w, &self.s.error_tests);
         let results = if self.s.phase == Phase::Shadow {
             vec![self.shadow_gate(w, ctx.budget.shadow)]
         } else {

@@ -160,8 +160,9 @@ impl Driver<'_> {
         self.decide(kind, reason, &Evidence::default());
     }
 
-    fn payload(&self, event: Event, reason: &str, gates: &[GateResult]) -> Value {
-        let failing: Vec<&GateResult> = gates
+    fn payload(&self, event: Event, reason: &str, ev: &Evidence) -> Value {
+        let failing: Vec<&GateResult> = ev
+            .gates
             .iter()
             .filter(|g| g.verdict != Verdict::Pass)
             .collect();
@@ -178,12 +179,14 @@ impl Driver<'_> {
             "failedChecks": self.s.failed_checks,
             "reason": reason,
             "gates": failing,
+            "metrics": ev.metrics,
+            "windowMs": ev.window_ms,
             "atMs": self.now,
         })
     }
 
-    fn notify(&mut self, event: Event, reason: &str, gates: &[GateResult]) {
-        let payload = self.payload(event, reason, gates);
+    fn notify(&mut self, event: Event, reason: &str, ev: &Evidence) {
+        let payload = self.payload(event, reason, ev);
         self.actions
             .push(Action::Notify(Notification { event, payload }));
     }

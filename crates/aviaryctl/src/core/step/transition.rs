@@ -72,7 +72,7 @@ impl Driver<'_> {
             let reason = "rollout started: shadow phase (mirrored traffic only)";
             self.enter(Phase::Shadow, 0, reason);
             self.note(DecisionKind::Start, reason);
-            self.notify(Event::Start, reason, &[]);
+            self.notify(Event::Start, reason, &Evidence::default());
             return;
         }
         let reason = "rollout started";
@@ -84,7 +84,7 @@ impl Driver<'_> {
             .iter()
             .position(|a| matches!(a, Action::Notify(_) | Action::AskConfirmation(_)))
             .unwrap_or(self.actions.len());
-        let payload = self.payload(Event::Start, reason, &[]);
+        let payload = self.payload(Event::Start, reason, &Evidence::default());
         self.actions.insert(
             at,
             Action::Notify(Notification {
@@ -107,9 +107,9 @@ impl Driver<'_> {
             }
             return;
         }
-        self.notify(Event::Start, &reason, &[]);
+        self.notify(Event::Start, &reason, &Evidence::default());
         if let Some(p) = self.s.awaiting {
-            let payload = self.payload(p.event, &reason, &[]);
+            let payload = self.payload(p.event, &reason, &Evidence::default());
             self.actions.push(Action::AskConfirmation(Notification {
                 event: p.event,
                 payload,
@@ -140,7 +140,7 @@ impl Driver<'_> {
         let why = format!("{reason}; waiting for {event}");
         self.decide(DecisionKind::AwaitConfirmation, why.clone(), &ev);
         self.actions.push(Action::Persist);
-        let payload = self.payload(event, &why, &ev.gates);
+        let payload = self.payload(event, &why, &ev);
         self.actions
             .push(Action::AskConfirmation(Notification { event, payload }));
     }
@@ -166,7 +166,7 @@ impl Driver<'_> {
         self.decide(kind, why.clone(), &ev);
         self.end_stage(&format!("advanced: {reason}"));
         self.enter(Phase::Canary { step: i }, bps, &why);
-        self.notify(Event::Step, &why, &ev.gates);
+        self.notify(Event::Step, &why, &ev);
     }
 
     /// Canary to 100%: the rollout is done.
@@ -186,7 +186,7 @@ impl Driver<'_> {
         self.s.outcome = Some(Outcome::Promoted);
         self.actions.push(Action::Persist);
         self.write(&why);
-        self.notify(Event::Promote, &why, &ev.gates);
+        self.notify(Event::Promote, &why, &ev);
         self.actions.push(Action::Done(Outcome::Promoted));
     }
 
@@ -212,13 +212,13 @@ impl Driver<'_> {
         self.s.outcome = Some(outcome);
         self.write(&why);
         self.actions.push(Action::Persist);
-        self.notify(Event::Rollback, &why, &ev.gates);
+        self.notify(Event::Rollback, &why, ev);
         self.actions.push(Action::Done(outcome));
     }
 
     pub(super) fn alert(&mut self, reason: &str, ev: &Evidence) {
         self.decide(DecisionKind::Alert, reason, ev);
         self.actions.push(Action::Persist);
-        self.notify(Event::Alert, reason, &ev.gates);
+        self.notify(Event::Alert, reason, ev);
     }
 }
