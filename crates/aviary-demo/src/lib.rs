@@ -53,11 +53,24 @@ pub struct DemoOptions {
     pub shadow: Duration,
     pub rate: f64,
     pub log: LogMode,
+    /// The history of every demo run's rollouts, kept across runs (the output directory is
+    /// cleared each time): by default `<out>-history.jsonl` beside it, e.g.
+    /// `out/demo-history.jsonl`. List it with `aviaryctl history --history FILE`.
+    pub history: PathBuf,
+}
+
+/// `out/demo` → `out/demo-history.jsonl`.
+pub fn default_history(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "demo".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!("{name}-history.jsonl"))
 }
 
 impl DemoOptions {
     pub fn new(root: &Path, out: PathBuf) -> DemoOptions {
         DemoOptions {
+            history: default_history(&out),
             out,
             wasm: root.join("target/wasm32-wasip1/release/aviary.wasm"),
             envoy_config: root.join("envoy/aviary-ecds.yaml"),
@@ -309,6 +322,7 @@ pub fn run(o: &DemoOptions) -> Result<Vec<DemoRollout>, DemoError> {
             RunnerOptions {
                 log: o.log,
                 report_dir: Some(dir.join("report")),
+                history: Some(o.history.clone()),
                 ..RunnerOptions::default()
             },
         )?;
@@ -343,6 +357,10 @@ pub fn run(o: &DemoOptions) -> Result<Vec<DemoRollout>, DemoError> {
     say(&format!(
         "\nReports: {0}/good-v2/report and {0}/bad-v2/report (report.md, report.json, report.svg); webhooks in {0}/notifications.jsonl",
         out.display()
+    ));
+    say(&format!(
+        "History of every demo run: {} (aviaryctl history --history {0}; --gates for the per-gate view)",
+        o.history.display()
     ));
     drop(envoy);
     Ok(results)

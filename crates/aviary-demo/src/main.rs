@@ -23,6 +23,9 @@ struct Cli {
     /// Shorter bake times, no live display (what the end-to-end test runs).
     #[arg(long)]
     quick: bool,
+    /// The history of every demo run (kept across runs). Default: `<out>-history.jsonl`.
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,9 @@ fn run(args: Cli) -> anyhow::Result<ExitCode> {
     let mut opts = DemoOptions::new(&root, args.out);
     if args.quick {
         opts = opts.quick();
+    }
+    if let Some(h) = args.history {
+        opts.history = h;
     }
     let results = aviary_demo::run(&opts)?;
     let expected = [Some("promoted"), Some("rolled back")];

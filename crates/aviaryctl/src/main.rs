@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use aviaryctl::core::step::Command;
+use aviaryctl::edges::history::HISTORY_FILE;
 use aviaryctl::edges::store::{DEFAULT_STATE_DIR, STATE_FILE};
 use aviaryctl::error::Error;
 use clap::{Parser, Subcommand};
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 use cmd::control::{control, Control};
+use cmd::history::history;
 use cmd::istio::{render_istio, RenderIstio};
 use cmd::run::{run, LogFormat};
 use cmd::status::{report_cmd, status, Output};
@@ -39,6 +41,10 @@ struct Cli {
     /// The rollout state file itself, when not named `state.json`.
     #[arg(long, global = true, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    /// The history of finished rollouts (JSON lines), shared by rollouts that name the same
+    /// file. Default: `history.jsonl` in the state directory.
+    #[arg(long, global = true, value_name = "FILE")]
+    history: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -96,6 +102,16 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// List finished rollouts: outcome, duration, stage reached, the deciding gate and its
+    /// numbers, report path.
+    History {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// How often each gate failed, held or passed, per stage, across the runs.
+        #[arg(long)]
+        gates: bool,
+    },
     /// Print an Istio WasmPlugin manifest carrying the rollout's plugin config.
     ///
     /// The config is the one the rollout state wants now (or the spec's initial config when
@@ -146,7 +162,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             spec,
             report_dir,
             log,
-        } => run(&spec, explicit_state, report_dir, log),
+        } => run(&spec, explicit_state, report_dir, log, cli.history),
+        Cmd::History { output, gates } => {
+            let dir = state_path.parent().unwrap_or(Path::new("."));
+            let path = cli.history.unwrap_or_else(|| dir.join(HISTORY_FILE));
+            history(&path, output, gates)
+        }
         Cmd::Status { output } => status(&state_path, output),
         Cmd::Pause(c) => control(&state_path, Command::Pause, &c),
         Cmd::Resume(c) => control(&state_path, Command::Resume, &c),

@@ -215,6 +215,26 @@ fn run_logs_json_and_offline_commands_act_on_the_state() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    // That driver recorded the ended rollout in the history, once.
+    let out = aviaryctl(&state, &["history", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    assert_eq!(runs[0]["outcome"], "aborted");
+    assert_eq!(runs[0]["rollout"], "cli-test");
+    let out = aviaryctl(&state, &["history"]);
+    assert!(
+        text(&out.stdout).contains("cli-test (stable → canary): aborted"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = aviaryctl(&state, &["history", "--gates"]);
+    assert!(
+        out.status.success() && text(&out.stdout).starts_with("gate"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

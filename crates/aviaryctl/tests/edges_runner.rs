@@ -166,6 +166,8 @@ struct Setup {
     clock: ManualClock,
     errors: Arc<AtomicU64>,
     recorder: Recorder,
+    /// A history file shared with other setups (default: in the state directory).
+    history: Option<PathBuf>,
 }
 
 impl Setup {
@@ -175,6 +177,7 @@ impl Setup {
             clock: ManualClock::new(1_800_000_000_000),
             errors: Arc::new(AtomicU64::new(1_000)),
             recorder: Recorder::default(),
+            history: None,
         }
     }
 
@@ -217,6 +220,7 @@ impl Setup {
             inline_source: true,
             log: LogMode::Quiet,
             report_dir: Some(self.dir.join("report")),
+            history: self.history.clone(),
             ..RunnerOptions::default()
         };
         Runner::new(
@@ -753,4 +757,77 @@ fn a_state_saved_before_the_records_log_keeps_its_history() {
         .map(|st| (st.name.as_str(), st.ended_ms.is_some()))
         .collect();
     assert_eq!(stages, vec![("step 1 (10%)", true), ("step 2 (50%)", true)]);
+}
+
+/// The history of finished rollouts survives a driver crash and restart mid-rollout, a
+/// restart after the end (which adds nothing), and a second rollout in another state
+/// directory sharing the history file; the per-gate view counts across both.
+#[test]
+fn history_survives_a_driver_restart_and_a_second_rollout() {
+    use aviaryctl::edges::history::HistoryLog;
+    use aviaryctl::report::{gate_view, RunSummary};
+    let shared = TempDir::new("history");
+    let path = shared.join("history.jsonl");
+    let s = Setup {
+        history: Some(path.clone()),
+        ..Setup::new()
+    };
+    {
+        let mut r = s.runner();
+        r.start().expect("start");
+        tick_until(&mut r, &s.clock, Duration::from_secs(60), |st| {
+            st.phase == Phase::Canary { step: 1 }
+        });
+        // Dropped without finish(), like a crash.
+    }
+    assert!(HistoryLog::new(&path)
+        .read::<RunSummary>()
+        .expect("read")
+        .is_empty());
+    assert_eq!(s.runner().run().expect("runs"), Some(Outcome::Promoted));
+    // The driver started again after the end: the same rollout is not recorded twice.
+    assert_eq!(s.runner().run().expect("runs"), Some(Outcome::Promoted));
+    let runs: Vec<RunSummary> = HistoryLog::new(&path).read().expect("read");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let first = &runs[0];
+    assert_eq!(first.outcome, Some(Outcome::Promoted));
+    assert_eq!(first.canary_bps_reached, 10_000, "{first:?}");
+    assert!(first.duration_ms > 0);
+    assert!(first
+        .report
+        .as_deref()
+        .is_some_and(|p| p.ends_with("report.md") && Path::new(p).exists()));
+
+    // A second rollout, another state directory, the same history file.
+    let s2 = Setup {
+        history: Some(path.clone()),
+        ..Setup::new()
+    };
+    // An hour later: a run is known by its rollout name and start time.
+    s2.clock.advance(Duration::from_secs(3600));
+    s2.errors.store(300_000, Ordering::SeqCst);
+    assert_eq!(s2.runner().run().expect("runs"), Some(Outcome::RolledBack));
+    let runs: Vec<RunSummary> = HistoryLog::new(&path).read().expect("read");
+    assert_eq!(runs.len(), 2);
+    let second = &runs[1];
+    assert_eq!(second.outcome, Some(Outcome::RolledBack));
+    assert_eq!(second.stage_reached, "step 1 (10%)");
+    let gate = second.deciding_gate.as_deref().unwrap_or("");
+    assert!(gate.starts_with("errorRate."), "{second:?}");
+    let evidence = second.deciding_evidence.as_deref().unwrap_or("");
+    assert!(evidence.contains("canary errors"), "{evidence}");
+    let m = second.metrics.as_ref().expect("numbers");
+    assert!(m.canary_errors.is_some_and(|e| e > 0));
+    assert!(evidence.contains(&format!(
+        "{}/{}",
+        m.canary_errors.unwrap_or(0),
+        m.canary_responses.unwrap_or(0)
+    )));
+    let view = gate_view(&runs);
+    assert!(view
+        .iter()
+        .any(|c| c.gate == gate && c.stage == "step 1 (10%)" && c.fail >= 1));
+    assert!(view
+        .iter()
+        .any(|c| c.gate == "errorRate.max" && c.pass >= 1));
 }

@@ -15,6 +15,7 @@ macro_rules! usage {
 }
 
 pub(crate) mod control;
+pub(crate) mod history;
 pub(crate) mod istio;
 pub(crate) mod run;
 pub(crate) mod status;

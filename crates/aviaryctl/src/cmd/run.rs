@@ -37,6 +37,7 @@ pub(crate) fn run(
     explicit_state: Option<PathBuf>,
     report_dir: Option<PathBuf>,
     log: LogFormat,
+    history: Option<PathBuf>,
 ) -> Result<ExitCode, Error> {
     let spec = read_spec(spec_path)?;
     let state_path = explicit_state
@@ -47,6 +48,7 @@ pub(crate) fn run(
     let opts = RunnerOptions {
         log: log_mode(log),
         report_dir,
+        history,
         ..RunnerOptions::default()
     };
     let runner = Runner::new(spec, store, components, Arc::new(SystemClock), opts)?;

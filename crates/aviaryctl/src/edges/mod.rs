@@ -3,6 +3,7 @@
 //! crash-safe state store. Edges import only the core (and the shared clock and error).
 
 pub mod fs;
+pub mod history;
 pub(crate) mod http;
 pub mod records;
 pub mod sink;

@@ -13,11 +13,13 @@ use crate::error::Error;
 mod json;
 mod markdown;
 mod status;
+mod summary;
 mod svg;
 
 pub use json::render_json;
 pub use markdown::render_markdown;
 pub use status::{status, Status};
+pub use summary::{gate_view, render_gate_view, render_history, summarize, GateCount, RunSummary};
 pub use svg::render_svg;
 
 /// When the rollout began, the origin of every relative time.

@@ -28,6 +28,7 @@ use crate::core::spec::RolloutSpec;
 use crate::core::step::{
     ConfigWrite, History, Input, Notification, Observation, Outcome, RolloutState,
 };
+use crate::edges::history::HistoryLog;
 use crate::edges::sink::ConfigSink;
 use crate::edges::store::{CommandAck, QueuedCommand, StateLock, StateStore};
 use crate::edges::webhook::{Approver, BackgroundNotifier};
@@ -70,6 +71,9 @@ pub struct RunnerOptions {
     pub report_dir: Option<PathBuf>,
     /// Longest wait for queued notifications when the rollout ends.
     pub notify_flush: Duration,
+    /// The history file a finished rollout's summary is appended to; `None` uses
+    /// `history.jsonl` in the state directory.
+    pub history: Option<PathBuf>,
 }
 
 impl Default for RunnerOptions {
@@ -81,6 +85,7 @@ impl Default for RunnerOptions {
             log: LogMode::detect(),
             report_dir: None,
             notify_flush: Duration::from_secs(10),
+            history: None,
         }
     }
 }
@@ -313,7 +318,8 @@ impl Runner {
             }
         }
         if let Some(outcome) = self.outcome {
-            self.write_reports()?;
+            let report = self.write_reports()?;
+            self.record_history(report)?;
             self.log(
                 "info",
                 "runner_done",
@@ -324,14 +330,40 @@ impl Runner {
         Ok(self.outcome)
     }
 
-    fn write_reports(&self) -> Result<(), Error> {
+    /// Appends the finished rollout's summary to the history (once per rollout run, however
+    /// often the driver is started again after the end).
+    fn record_history(&self, report: Option<PathBuf>) -> Result<(), Error> {
+        let log = self.history_log();
+        let history = self.history()?;
+        let report = report.map(|p| p.join("report.md").display().to_string());
+        let summary = report::summarize(&self.spec, &self.state, &history, report);
+        if log.append_once(&summary.id, &summary)? {
+            self.log(
+                "info",
+                "history",
+                &format!("history: {}", log.path().display()),
+                json!({"path": log.path(), "id": summary.id}),
+            );
+        }
+        Ok(())
+    }
+
+    /// Where finished rollouts are recorded.
+    pub fn history_log(&self) -> HistoryLog {
+        self.opts
+            .history
+            .clone()
+            .map_or_else(|| HistoryLog::in_dir(self.store.dir()), HistoryLog::new)
+    }
+
+    fn write_reports(&self) -> Result<Option<PathBuf>, Error> {
         let dir = self
             .opts
             .report_dir
             .clone()
             .or_else(|| self.spec.spec.report_dir.as_ref().map(PathBuf::from));
         let Some(dir) = dir else {
-            return Ok(());
+            return Ok(None);
         };
         let history = self.history()?;
         let paths = report::write_reports(&self.spec, &self.state, &history, &dir)?;
@@ -341,7 +373,7 @@ impl Runner {
             &format!("reports written to {}", dir.display()),
             json!({"paths": paths}),
         );
-        Ok(())
+        Ok(Some(dir))
     }
 }
 
