@@ -49,5 +49,16 @@ fn demo_promotes_good_v2_and_rolls_back_bad_v2() {
         report.to_string().contains("errorRate"),
         "the rollback decision records the gate values"
     );
+    // The run's rollouts are in the history beside the output directory, kept across runs.
+    let history = std::fs::read_to_string(&opts.history).unwrap();
+    let runs: Vec<serde_json::Value> = history
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{history}");
+    assert_eq!(runs[0]["outcome"], "promoted");
+    assert_eq!(runs[1]["outcome"], "rolledBack");
+    assert!(runs[1]["decidingGate"].is_string(), "{}", runs[1]);
     std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_file(&opts.history).ok();
 }

@@ -212,3 +212,78 @@ fn cli_abort_reaches_envoy_within_a_tick() {
     assert_eq!(v["lastWrite"]["rollback"], true);
     let _ = load.join();
 }
+
+/// A canary that is only slow (60 ms against the baseline's 2 ms; no errors) is rolled back by
+/// the latency fast track within 2 s of its step starting (the step's config write), long
+/// before the first bake interval (10 s) could judge it.
+#[test]
+fn latency_only_bad_canary_is_fast_tracked_within_two_seconds_of_the_step() {
+    use aviaryctl::core::step::DecisionKind;
+    use aviaryctl::edges::records::RecordLog;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rig = Rig::start(1, &plugin_config(0));
+    rig.canary
+        .update(|c| c.latency = aviary_sim::Latency::fixed_ms(60.0))
+        .expect("slow canary");
+    let dir = TempDir::new("e2e-latency");
+    let analysis = "    interval: 10s
+    fastInterval: 100ms
+    threshold: 2
+    maxHold: 1m
+    minSamples: 50
+    stepWeights: [20, 40, 60, 80]
+    gates:
+      errorRate: {max: 0.05, maxRelative: 3}
+      latency: {p95: {maxMs: 25, maxRegression: 2}}";
+    let spec = RolloutSpec::parse(&rollout_yaml(&rig, "slow-canary", analysis)).expect("spec");
+    let store = StateStore::in_dir(dir.join("state")).expect("store");
+    let load = background_load(rig.urls[0].clone(), 8);
+    let components = Components::from_spec(&spec).expect("components");
+    let opts = RunnerOptions {
+        log: LogMode::Quiet,
+        ..RunnerOptions::default()
+    };
+    let runner =
+        Runner::new(spec, store.clone(), components, Arc::new(SystemClock), opts).expect("runner");
+    let stop = runner.stop_handle();
+    let run = thread::spawn(move || runner.run());
+    let finished = poll(Duration::from_secs(15), Duration::from_millis(5), || {
+        run.is_finished().then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcome = run.join().expect("runner thread").expect("runner");
+    assert!(finished.is_some(), "no rollback within 15 s");
+    assert_eq!(outcome, Some(Outcome::RolledBack));
+
+    let state: RolloutState = store.load().expect("load").expect("state");
+    let history = RecordLog::beside(&store)
+        .history(state.records)
+        .expect("records");
+    let decision = history.decisions.last().expect("a decision");
+    assert_eq!(decision.kind, DecisionKind::FastRollback, "{decision:?}");
+    assert!(
+        decision
+            .gates
+            .iter()
+            .all(|g| g.gate.starts_with("latency.")),
+        "{decision:?}"
+    );
+    let stage = history
+        .stages
+        .iter()
+        .find(|s| s.canary_bps == 2000)
+        .expect("the 20% step");
+    let from_write = decision.at_ms.saturating_sub(stage.started_ms);
+    let from_applied = stage.applied_ms.map(|a| decision.at_ms.saturating_sub(a));
+    println!(
+        "latency-only bad canary: fast rollback {from_write} ms after the step's write \
+         ({from_applied:?} ms after Envoy applied it); {}",
+        decision.reason
+    );
+    assert!(from_write <= 2_000, "{from_write} ms");
+    assert_eq!(
+        canary_weight(&EnvoyAdminSource::new(rig.admin_urls())),
+        Some(0)
+    );
+    let _ = load.join();
+}

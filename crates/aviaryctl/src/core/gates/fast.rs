@@ -230,7 +230,7 @@ fn share_result(
     let c = stats::histogram_quantile(0.95, &window.canary.latency_buckets);
     let words = super::evidence_words(&t.sprt, alpha);
     let reason = format!(
-        "canary requests over {bound} ms {k}/{n} = {} (95% CI from {}) vs baseline {bk}/{bn} = {}; limit {limit}: at most {} over {bound} ms; {words}",
+        "canary requests over {bound} ms {k}/{n} = {} (at least {} with 95% confidence) vs baseline {bk}/{bn} = {}; limit {limit}: at most {} over {bound} ms; {words}",
         pct_text(share),
         pct_text(lo),
         pct_text(b_share),

@@ -339,12 +339,11 @@ impl RolloutSpec {
             }
         }
         let drift = g.drift.as_ref().and_then(|d| d.alpha).unwrap_or(share);
-        let drift_fast = g
-            .drift
-            .as_ref()
-            .is_some_and(|d| d.fast_track && fast_on)
-            .then_some(drift / 2.0)
-            .unwrap_or(0.0);
+        let drift_fast = if g.drift.as_ref().is_some_and(|d| d.fast_track && fast_on) {
+            drift / 2.0
+        } else {
+            0.0
+        };
         AlphaBudget {
             error_absolute: error_share,
             error_relative: error_share,
