@@ -5,7 +5,7 @@
 #![no_main]
 
 use aviary::request::RequestView;
-use aviary_contract::matcher::Source;
+use aviary_contract::matcher::{HostPort, Matcher, Source};
 use libfuzzer_sys::fuzz_target;
 
 /// Whether `part` is a slice of `whole` (not just equal to part of it).
@@ -67,4 +67,17 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(view.get(&Source::Header(name.into())), view.header(name));
     assert_eq!(view.get(&Source::Cookie(name.into())), view.cookie(name));
     assert_eq!(view.get(&Source::Query(name.into())), view.query(name));
+
+    // `:authority` as HTTP compares it: a configured host matches itself, and a request's
+    // authority matches the same whatever the ASCII case of its host.
+    if let Some(hp) = HostPort::parse(name) {
+        let m = Matcher::Authority(vec![hp]);
+        assert!(m.matches_in(Some(name), Some("http")), "{name:?} does not match itself");
+        let scheme = view.header(":scheme");
+        if let Some(a) = view.header(":authority") {
+            let hit = m.matches_in(Some(a), scheme);
+            assert_eq!(hit, m.matches_in(Some(&a.to_ascii_uppercase()), scheme), "{a:?}");
+            assert_eq!(hit, m.matches_in(Some(&a.to_ascii_lowercase()), scheme), "{a:?}");
+        }
+    }
 });
