@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::gates::{MetricPoint, Verdict};
 use crate::core::spec::{HumanDuration, RolloutSpec};
-use crate::core::step::{pct, DecisionKind, History, Outcome, RolloutState};
+use crate::core::step::{DecisionKind, History, Outcome, RolloutState};
 
 /// How often one gate answered what at one stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,13 +154,12 @@ pub fn render_history(runs: &[RunSummary]) -> String {
         };
         let _ = writeln!(
             out,
-            "{} ({} → {}): {outcome} after {} at {} ({})",
+            "{} ({} → {}): {outcome} after {} at {}",
             r.rollout,
             r.baseline,
             r.canary,
             HumanDuration(r.duration_ms - r.duration_ms % 1000),
             r.stage_reached,
-            pct(r.canary_bps_reached)
         );
         if let (Some(g), Some(e)) = (&r.deciding_gate, &r.deciding_evidence) {
             let _ = writeln!(out, "  decided by {g}: {e}");
