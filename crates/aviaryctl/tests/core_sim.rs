@@ -288,8 +288,8 @@ fn prediction_drift_is_rolled_back() {
 /// Numbers: a canary at 2% errors against a 1% ceiling (too little excess for the sequential
 /// test to prove within the first steps: it needs about 2000 canary responses) is never
 /// promoted in 100 runs, and no step advances from a check at which the cumulative error
-/// estimate was over the ceiling on the evidence (one-sided p < 0.1). Before the over-limit
-/// rule, an estimate over the ceiling passed at every step but the last.
+/// estimate was over the ceiling. Before the over-limit rule, an estimate over the ceiling
+/// passed at every step but the last (299 such advances in 98 of 100 runs).
 #[test]
 fn over_limit_but_not_significant_canary_never_advances() {
     use aviaryctl::core::gates::Verdict;
@@ -308,6 +308,7 @@ fn over_limit_but_not_significant_canary_never_advances() {
         let r = run(&spec, &mut world, 1_000, 6 * 3_600_000);
         let mut bad_advances = 0;
         let mut over_holds = 0;
+        let mut point_over = 0;
         for d in &r.history.decisions {
             let Some(g) = d.gates.iter().find(|g| g.gate == "errorRate.max") else {
                 continue;
@@ -318,11 +319,17 @@ fn over_limit_but_not_significant_canary_never_advances() {
             if matches!(d.kind, DecisionKind::Advance | DecisionKind::Promote) && over {
                 bad_advances += 1;
             }
+            if matches!(d.kind, DecisionKind::Advance | DecisionKind::Promote)
+                && n > 0
+                && k as f64 / n as f64 > 0.01
+            {
+                point_over += 1;
+            }
             if d.kind == DecisionKind::Hold && g.verdict == Verdict::Inconclusive && over {
                 over_holds += 1;
             }
         }
-        (r.outcome, bad_advances, over_holds)
+        (r.outcome, bad_advances, over_holds, point_over)
     });
     let promoted = results
         .iter()
@@ -330,9 +337,11 @@ fn over_limit_but_not_significant_canary_never_advances() {
         .count();
     let bad: u32 = results.iter().map(|r| r.1).sum();
     let holds: u32 = results.iter().map(|r| r.2).sum();
-    eprintln!("2% vs 1% ceiling: promoted {promoted}/{runs}, advances over the limit {bad}, holds over the limit {holds}");
+    let point: u32 = results.iter().map(|r| r.3).sum();
+    eprintln!("2% vs 1% ceiling: promoted {promoted}/{runs}, advances over the limit {bad}, holds over the limit {holds}; advances with the cumulative point estimate over 1%: {point}");
     assert_eq!(promoted, 0);
     assert_eq!(bad, 0);
+    assert_eq!(point, 0, "a fixed ceiling holds on the point estimate");
     assert!(holds > 0, "the over-limit rule never held");
 }
 

@@ -444,6 +444,12 @@ impl MixtureSprt {
             .is_some_and(|p0| over_limit(self.successes, self.trials, p0))
     }
 
+    /// Whether the rate so far is above the average null probability (the point estimate).
+    pub fn point_over_null(&self) -> bool {
+        self.null_rate()
+            .is_some_and(|p0| self.successes as f64 > p0 * self.trials as f64)
+    }
+
     /// Whether the null has been rejected at level `alpha` at any look so far.
     pub fn rejected(&self, alpha: f64) -> bool {
         self.peak_log_e >= log_threshold(alpha)

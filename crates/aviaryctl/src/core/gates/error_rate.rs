@@ -54,8 +54,9 @@ fn rate((e, n): (u64, u64)) -> f64 {
 }
 
 /// The strength of evidence in words, from a sequential test's e-value against its
-/// threshold `1/α` (the e-value bounds the p-value: `p ≤ 1/e`).
-pub fn evidence_words(t: &MixtureSprt, alpha: f64) -> String {
+/// threshold `1/α` (the e-value bounds the p-value: `p ≤ 1/e`); `over`: the estimate is over
+/// the limit.
+pub fn evidence_words(t: &MixtureSprt, alpha: f64, over: bool) -> String {
     let e = t.peak_log_e.exp();
     let level = (alpha * 1e6).round() / 1e6;
     let p = (1.0 / e).min(1.0);
@@ -66,7 +67,7 @@ pub fn evidence_words(t: &MixtureSprt, alpha: f64) -> String {
     };
     if t.rejected(alpha) {
         format!("strong evidence of a breach ({p_text}; the test's level is {level})")
-    } else if t.over_null() {
+    } else if over {
         format!("over the limit ({p_text}; a breach needs p ≤ {level})")
     } else {
         "no evidence of a breach".to_string()
@@ -115,7 +116,7 @@ pub fn error_rate_gate(
     if let Some(max) = gate.max {
         let t = &tests.absolute;
         let a = budget.error_absolute;
-        let words = evidence_words(t, a);
+        let words = evidence_words(t, a, t.point_over_null());
         let limit = format!("limit {}", pct_text(max));
         let (v, reason) = if t.rejected(a) {
             (Verdict::Fail, format!("{counts}; {limit}; {words}"))
@@ -124,7 +125,7 @@ pub fn error_rate_gate(
                 Verdict::Inconclusive,
                 format!("{} canary responses this step; need {min_samples}", wn.0),
             )
-        } else if t.over_null() {
+        } else if t.point_over_null() {
             unproven(format!("{counts}; {limit}; {words}"))
         } else {
             (Verdict::Pass, format!("{counts}; {limit}; {words}"))
@@ -134,7 +135,7 @@ pub fn error_rate_gate(
     if let Some(r) = gate.max_relative {
         let t = &tests.relative;
         let a = budget.error_relative;
-        let words = evidence_words(t, a);
+        let words = evidence_words(t, a, t.over_null());
         let limit = format!("limit {r}× baseline");
         let (v, reason) = if t.rejected(a) {
             (Verdict::Fail, format!("{counts}; {limit}; {words}"))

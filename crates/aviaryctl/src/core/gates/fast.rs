@@ -228,7 +228,7 @@ fn share_result(
     };
     let lo = stats::wilson(k, n, stats::normal_quantile(0.975)).0;
     let c = stats::histogram_quantile(0.95, &window.canary.latency_buckets);
-    let words = super::evidence_words(&t.sprt, alpha);
+    let words = super::evidence_words(&t.sprt, alpha, t.sprt.point_over_null());
     let reason = format!(
         "canary requests over {bound} ms {k}/{n} = {} (at least {} with 95% confidence) vs baseline {bk}/{bn} = {}; limit {limit}: at most {} over {bound} ms; {words}",
         pct_text(share),
