@@ -31,35 +31,26 @@ pub fn latency_slo(
     let Some(c) = stats::quantile_bounds(q, &window.canary.latency_buckets, z) else {
         return GateResult::missing(name, "no canary latency histogram");
     };
-    // Over the SLO on the evidence: the lower bound at the lenient level is above it.
-    let over = stats::quantile_bounds(q, &window.canary.latency_buckets, stats::over_limit_z())
-        .is_some_and(|w| w.lower > max);
+    let b = stats::histogram_quantile(q, &window.baseline.latency_buckets).unwrap_or(f64::NAN);
+    let numbers = format!(
+        "canary p{} {} (CI {}–{}, n {n}) vs baseline {}; limit {max} ms",
+        q * 100.0,
+        ms(c.point),
+        ms(c.lower),
+        ms(c.upper),
+        ms(b)
+    );
+    // A fixed ceiling: the point estimate over it holds.
     let (v, reason) = if c.lower > max {
         (
             Verdict::Fail,
-            format!(
-                "canary p{} ≥ {:.1} ms with confidence, above the {max} ms SLO",
-                q * 100.0,
-                c.lower
-            ),
+            format!("{numbers}; strong evidence of a breach (the lower bound is over the SLO)"),
         )
-    } else if !over {
-        (
-            Verdict::Pass,
-            format!(
-                "canary p{} {:.1} ms within the {max} ms SLO",
-                q * 100.0,
-                c.point
-            ),
-        )
+    } else if c.point <= max {
+        (Verdict::Pass, format!("{numbers}; within the SLO"))
     } else {
-        unproven(format!(
-            "canary p{} {:.1} ms is above {max} ms",
-            q * 100.0,
-            c.point
-        ))
+        unproven(format!("{numbers}; over the SLO"))
     };
-    let b = stats::histogram_quantile(q, &window.baseline.latency_buckets).unwrap_or(f64::NAN);
     GateResult::new(name, v, reason)
         .with("canary", c.point)
         .with("canaryLower", c.lower)
@@ -120,25 +111,26 @@ pub fn latency_regression(
     // `r ×` the baseline's estimate.
     let over = stats::quantile_bounds(q, &window.canary.latency_buckets, stats::over_limit_z())
         .is_some_and(|w| w.lower > r * b.point);
+    let numbers = format!(
+        "canary p{p} {} (CI {}–{}, n {cn}) vs baseline {} (CI {}–{}, n {bn}) = {ratio:.2}×; limit {r}×",
+        ms(c.point),
+        ms(c.lower),
+        ms(c.upper),
+        ms(b.point),
+        ms(b.lower),
+        ms(b.upper),
+    );
     let (v, reason) = if b.upper.is_finite() && c.lower > r * b.upper {
         (
             Verdict::Fail,
             format!(
-                "canary p{p} is at least {conservative:.2}× the baseline's with confidence (limit {r}×)"
+                "{numbers}; strong evidence of a breach (at least {conservative:.2}× at the bounds)"
             ),
         )
     } else if !over {
-        (
-            Verdict::Pass,
-            format!(
-                "canary p{p} {:.1} ms is {ratio:.2}× the baseline's {:.1} ms (limit {r}×)",
-                c.point, b.point
-            ),
-        )
+        (Verdict::Pass, format!("{numbers}; within the limit"))
     } else {
-        unproven(format!(
-            "canary p{p} is {ratio:.2}× the baseline's (limit {r}×)"
-        ))
+        unproven(format!("{numbers}; over the limit"))
     };
     GateResult::new(name, v, reason)
         .with("canary", c.point)
@@ -151,4 +143,15 @@ pub fn latency_regression(
         .with("z", z)
         .stat(conservative, r)
         .look(look)
+}
+
+/// Milliseconds for a sentence: `12.3 ms`, `∞` for an unbounded upper bound.
+fn ms(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.1} ms")
+    } else if x > 0.0 {
+        "∞".to_string()
+    } else {
+        "n/a".to_string()
+    }
 }
