@@ -59,6 +59,7 @@ crash-probe: wasm-target
 test: build envoy system-deps crash-probe
 	$(CARGO) build --release --target $(WASM_TARGET) -p aviary-noop
 	$(CARGO) test --workspace --no-fail-fast
+	promtool check rules prometheus/aviary-alerts.yaml && promtool test rules prometheus/aviary-alerts.test.yaml
 	$(MAKE) --no-print-directory fuzz-smoke
 
 ## lint: formatting and clippy (the filter crate denies unwrap/expect/panic)
