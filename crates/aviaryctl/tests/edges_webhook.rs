@@ -309,12 +309,17 @@ fn spec_hooks_filter_events_and_carry_metadata() {
     let spec = WebhookSpec {
         name: "pager".into(),
         url: rx.url.clone(),
+        url_from: None,
+        headers: BTreeMap::new(),
         events: vec![Kind::Rollback, Kind::Alert],
         timeout: HumanDuration(300),
         retries: 1,
         metadata: BTreeMap::from([("team".into(), "ml-platform".into())]),
+        format: Default::default(),
+        report_url: None,
+        dashboard_url: None,
     };
-    let hook = WebhookNotifier::from_spec(&spec);
+    let hook = WebhookNotifier::from_spec(&spec).expect("resolved");
     assert!(hook.listens(Kind::Rollback) && !hook.listens(Kind::Step));
     hook.notify(&event(Kind::Step)).expect("skipped");
     hook.notify(&event(Kind::Rollback)).expect("sent");
@@ -328,6 +333,7 @@ fn spec_hooks_filter_events_and_carry_metadata() {
         url: "http://127.0.0.1:9/never".into(),
         ..spec
     })
+    .expect("resolved")
     .notify(&event(Kind::Rollback))
     .expect_err("unreachable");
     assert!(

@@ -8,6 +8,7 @@ use aviaryctl::core::step::pct;
 use aviaryctl::edges::fs::read_spec;
 use aviaryctl::edges::sink::{sinks_for, validated_json};
 use aviaryctl::edges::source::source_for;
+use aviaryctl::edges::webhook::WebhookNotifier;
 use aviaryctl::error::Error;
 
 /// Checks the spec and every config it can write; prints a summary or every problem.
@@ -50,6 +51,10 @@ pub(crate) fn validate(path: &Path) -> Result<ExitCode, Error> {
     let source = source_for(&spec)
         .map_err(|e| problems.push(e.to_string()))
         .ok();
+    // Secret URLs and headers must be readable (their values are never printed).
+    if let Err(e) = WebhookNotifier::from_specs(&spec.spec.webhooks, None) {
+        problems.push(e.to_string());
+    }
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("{}: {p}", path.display());
@@ -91,7 +96,12 @@ pub(crate) fn validate(path: &Path) -> Result<ExitCode, Error> {
     }
     for w in &spec.spec.webhooks {
         let events: Vec<&str> = w.events.iter().map(|e| e.as_str()).collect();
-        println!("webhook   {} {} [{}]", w.name, w.url, events.join(", "));
+        println!(
+            "webhook   {} {} [{}]",
+            w.name,
+            w.describe_url(),
+            events.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

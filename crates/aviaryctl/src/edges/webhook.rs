@@ -10,6 +10,21 @@
 //! Hooks declared in the spec only receive their listed `events`, and their `metadata` map is
 //! added to every payload as `"metadata"`.
 //!
+//! # Formats
+//! A hook's `format` shapes the body: `json` (the payload above, byte for byte), or a message
+//! people read in a chat tool ([`format`]): `slack` (incoming webhook: `text` plus `blocks`),
+//! `teams` (a workflows `message` with an Adaptive Card 1.4 attachment) or `discord` (`content`
+//! plus one embed). Each shows the event and rollout, the evidence line (`reason`), the stage,
+//! canary weight and outcome, and links to the report (`reportUrl`, else `report.md` in the
+//! spec's `reportDir`) and to `dashboardUrl` if given; long text is cut, on character
+//! boundaries, to the service's limits. Chat hooks cannot answer confirmation events.
+//!
+//! # Secrets
+//! `urlFrom: {env: NAME}` / `{file: PATH}` and header values `{env: NAME}` / `{file: PATH}` are
+//! read once, when the webhooks are built at start; a missing variable or file is a spec error
+//! naming the field. The values are kept in memory only: hook names show where a URL comes
+//! from, not the URL, and error messages have the values replaced by `<secret>`.
+//!
 //! # Confirmation contract
 //! Before a gated weight increase or promotion the driver `POST`s the same kind of payload
 //! with `"event":"confirm-traffic-increase"` or `"confirm-promotion"` to the hooks listening
@@ -23,6 +38,8 @@
 //!
 //! Errors (after retries) also hold: a promotion needs a positive answer.
 
+pub mod format;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -33,10 +50,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::core::spec::{Event as SpecEvent, HumanDuration, WebhookSpec};
+use crate::core::spec::{
+    Event as SpecEvent, HeaderValue, HumanDuration, SecretRef, WebhookFormat, WebhookSpec,
+};
 use crate::core::step::Notification;
 use crate::edges::http::{agent, transport_message};
-use crate::error::Error;
+use crate::error::{Error, SpecError};
 
 /// The receiver's answer to a confirm-promotion request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +108,7 @@ impl Default for RetryPolicy {
 }
 
 /// Posts JSON to one URL with retries.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookNotifier {
     name: String,
     url: String,
@@ -100,6 +119,60 @@ pub struct WebhookNotifier {
     events: Option<Vec<SpecEvent>>,
     /// Copied into every payload as `metadata`.
     metadata: BTreeMap<String, String>,
+    /// The body's shape.
+    format: WebhookFormat,
+    /// Links chat messages carry.
+    links: format::Links,
+    /// Values read from `urlFrom` and `{env}`/`{file}` headers, scrubbed from every message.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookNotifier")
+            .field("name", &self.name)
+            .field("format", &self.format)
+            .field("headers", &self.headers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a secret; the error names `field` and where the value was to come from, never a value.
+fn read_secret(field: &str, r: &SecretRef) -> Result<String, SpecError> {
+    let value = match (&r.env, &r.file) {
+        (Some(name), None) => match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => v,
+            Ok(_) => {
+                return Err(SpecError::new(
+                    field,
+                    format!("environment variable {name} is empty"),
+                ))
+            }
+            Err(_) => {
+                return Err(SpecError::new(
+                    field,
+                    format!("environment variable {name} is not set"),
+                ))
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => v,
+            Ok(_) => return Err(SpecError::new(field, format!("file {path} is empty"))),
+            Err(e) => {
+                return Err(SpecError::new(
+                    field,
+                    format!("cannot read file {path}: {}", e.kind()),
+                ))
+            }
+        },
+        _ => {
+            return Err(SpecError::new(
+                field,
+                "give exactly one of `env: NAME` or `file: PATH`",
+            ))
+        }
+    };
+    Ok(value.trim().to_string())
 }
 
 /// What one attempt produced.
@@ -126,12 +199,77 @@ impl WebhookNotifier {
             agent: agent(policy.timeout),
             events: None,
             metadata: BTreeMap::new(),
+            format: WebhookFormat::Json,
+            links: format::Links::default(),
+            secrets: Vec::new(),
+        }
+    }
+
+    /// The webhooks a rollout spec declares (see [`WebhookNotifier::from_spec`]); every
+    /// secret that cannot be read is reported, each naming its field. Chat messages of hooks
+    /// without a `reportUrl` point to `report.md` in `report_dir` (the spec's `reportDir`).
+    pub fn from_specs(specs: &[WebhookSpec], report_dir: Option<&str>) -> Result<Vec<Self>, Error> {
+        let mut hooks = Vec::new();
+        let mut errors = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            match Self::resolve(spec, &format!("spec.webhooks[{i}]")) {
+                Ok(mut h) => {
+                    if h.links.report.is_none() {
+                        h.links.report =
+                            report_dir.map(|d| format!("{}/report.md", d.trim_end_matches('/')));
+                    }
+                    hooks.push(h)
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(hooks)
+        } else {
+            Err(errors.into())
         }
     }
 
     /// A webhook as declared in a rollout spec: `retries` after the first attempt, each
-    /// bounded by `timeout`, only for the listed `events`, with its `metadata`.
-    pub fn from_spec(spec: &WebhookSpec) -> Self {
+    /// bounded by `timeout`, only for the listed `events`, with its `metadata`, `format` and
+    /// links. A `urlFrom` URL and `{env}`/`{file}` headers are read now; a missing variable or
+    /// file is a spec error naming the field.
+    pub fn from_spec(spec: &WebhookSpec) -> Result<Self, Error> {
+        Self::resolve(spec, &format!("webhook {}", spec.name)).map_err(Error::from)
+    }
+
+    fn resolve(spec: &WebhookSpec, at: &str) -> Result<Self, Vec<SpecError>> {
+        let mut errors = Vec::new();
+        let mut secrets = Vec::new();
+        let url = match &spec.url_from {
+            Some(r) => match read_secret(&format!("{at}.urlFrom"), r) {
+                Ok(u) => {
+                    secrets.push(u.clone());
+                    u
+                }
+                Err(e) => {
+                    errors.push(e);
+                    String::new()
+                }
+            },
+            None => spec.url.clone(),
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &spec.headers {
+            match value {
+                HeaderValue::Value(v) => headers.push((name.clone(), v.clone())),
+                HeaderValue::From(r) => match read_secret(&format!("{at}.headers.{name}"), r) {
+                    Ok(v) => {
+                        secrets.push(v.clone());
+                        headers.push((name.clone(), v));
+                    }
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let timeout = HumanDuration::as_std(spec.timeout).max(Duration::from_millis(1));
         let attempts = spec.retries.saturating_add(1);
         let policy = RetryPolicy {
@@ -140,11 +278,25 @@ impl WebhookNotifier {
             deadline: timeout * attempts + Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let mut hook = Self::with_policy(&spec.url, policy);
-        hook.name = format!("{} ({})", spec.name, spec.url);
+        let mut hook = Self::with_policy(url, policy);
+        hook.name = format!("{} ({})", spec.name, spec.describe_url());
+        hook.headers = headers;
         hook.events = Some(spec.events.clone());
         hook.metadata = spec.metadata.clone();
-        hook
+        hook.format = spec.format;
+        hook.links = format::Links {
+            report: spec.report_url.clone(),
+            dashboard: spec.dashboard_url.clone(),
+        };
+        hook.secrets = secrets;
+        Ok(hook)
+    }
+
+    /// Sends bodies in this format (default `json`).
+    pub fn format(mut self, format: WebhookFormat, links: format::Links) -> Self {
+        self.format = format;
+        self.links = links;
+        self
     }
 
     /// Whether this hook receives `event`.
@@ -161,11 +313,28 @@ impl WebhookNotifier {
     fn error(&self, message: String) -> Error {
         Error::Webhook {
             name: self.name.clone(),
-            message,
+            message: self.scrub(message),
         }
     }
 
+    /// `message` with every secret value replaced by `<secret>`.
+    fn scrub(&self, mut message: String) -> String {
+        for s in &self.secrets {
+            if !s.is_empty() {
+                message = message.replace(s.as_str(), "<secret>");
+            }
+        }
+        message
+    }
+
     fn payload(&self, body: &impl Serialize) -> Result<String, Error> {
+        if !self.format.is_json() {
+            let v = serde_json::to_value(body)
+                .map_err(|e| self.error(format!("serializing the payload: {e}")))?;
+            if let Some(msg) = format::render(self.format, &v, &self.links) {
+                return Ok(msg.to_string());
+            }
+        }
         let mut v = serde_json::to_value(body)
             .map_err(|e| self.error(format!("serializing the payload: {e}")))?;
         if !self.metadata.is_empty() {
@@ -218,7 +387,7 @@ impl WebhookNotifier {
                 Attempt::Done(status, text) => return Ok((status, text)),
                 Attempt::Fail(msg) => return Err(self.error(msg)),
                 Attempt::Retry(msg) => {
-                    tracing::debug!(webhook = %self.name, attempt = n, error = %msg, "webhook attempt failed");
+                    tracing::debug!(webhook = %self.name, attempt = n, error = %self.scrub(msg.clone()), "webhook attempt failed");
                     last = msg
                 }
             }

@@ -27,12 +27,8 @@ pub struct Components {
 impl Components {
     /// The source, sinks, webhooks and apply probe a spec declares.
     pub fn from_spec(spec: &RolloutSpec) -> Result<Components, Error> {
-        let hooks: Vec<WebhookNotifier> = spec
-            .spec
-            .webhooks
-            .iter()
-            .map(WebhookNotifier::from_spec)
-            .collect();
+        let hooks: Vec<WebhookNotifier> =
+            WebhookNotifier::from_specs(&spec.spec.webhooks, spec.spec.report_dir.as_deref())?;
         let approvers: Vec<Arc<dyn Approver>> = hooks
             .iter()
             .filter(|h| {

@@ -26,7 +26,7 @@ pub use analysis::{
 };
 pub use duration::HumanDuration;
 pub use istio::IstioWasmPlugin;
-pub use webhook::{Event, WebhookSpec};
+pub use webhook::{Event, HeaderValue, SecretRef, WebhookFormat, WebhookSpec};
 
 /// Where in a spec the plugin config sits, as serde_path_to_error names it.
 const PLUGIN_CONFIG_PATH: &str = "spec.config.pluginConfig";

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use aviary_contract::units::percent_to_bps;
 
-use super::{DriftMetric, RolloutSpec, API_VERSION, KIND};
+use super::{DriftMetric, HeaderValue, RolloutSpec, API_VERSION, KIND};
 use crate::error::SpecError;
 
 impl RolloutSpec {
@@ -434,8 +434,39 @@ impl RolloutSpec {
             } else if !seen.insert(w.name.as_str()) {
                 err(&p("name"), format!("`{}` is used twice", w.name));
             }
-            if !is_http_url(&w.url) {
-                err(&p("url"), format!("`{}` is not an http(s) URL", w.url));
+            match &w.url_from {
+                Some(_) if !w.url.is_empty() => err(
+                    &p("urlFrom"),
+                    "give either `url` or `urlFrom`, not both".into(),
+                ),
+                Some(r) if !r.is_valid() => err(
+                    &p("urlFrom"),
+                    "give exactly one of `env: NAME` or `file: PATH`".into(),
+                ),
+                Some(_) => {}
+                None if !is_http_url(&w.url) => {
+                    err(&p("url"), format!("`{}` is not an http(s) URL", w.url))
+                }
+                None => {}
+            }
+            for (name, value) in &w.headers {
+                if let HeaderValue::From(r) = value {
+                    if !r.is_valid() {
+                        err(
+                            &p(&format!("headers.{name}")),
+                            "give exactly one of `env: NAME` or `file: PATH`".into(),
+                        );
+                    }
+                }
+            }
+            if !w.format.is_json() && w.events.iter().any(|e| e.is_confirmation()) {
+                err(
+                    &p("format"),
+                    format!(
+                        "`{}` hooks post messages and cannot answer confirmation events",
+                        w.format.as_str()
+                    ),
+                );
             }
             if w.events.is_empty() {
                 err(&p("events"), "list at least one event".into());
