@@ -237,7 +237,7 @@ fn start_envoy(
 pub fn run(o: &DemoOptions) -> Result<Vec<DemoRollout>, DemoError> {
     let say = |s: &str| {
         if o.log != LogMode::Quiet {
-            println!("{s}");
+            aviaryctl::runner::console().line(s);
         }
     };
     if !o.wasm.is_file() {

@@ -41,7 +41,8 @@ impl Receiver {
                     Ok((conn, _)) => {
                         if let Some(body) = serve_one(conn) {
                             if echo {
-                                println!("  webhook <- {}", summarize(&body));
+                                aviaryctl::runner::console()
+                                    .line(&format!("  webhook <- {}", summarize(&body)));
                             }
                             if let Some(p) = &log {
                                 if let Ok(mut f) = std::fs::OpenOptions::new()

@@ -143,7 +143,7 @@ fn init_tracing() {
     };
     tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(aviaryctl::runner::diag_writer)
         .with_ansi(false)
         .init();
 }

@@ -47,7 +47,7 @@ mod watcher;
 
 pub use components::Components;
 pub use events::{RunnerEvent, WriteRecord};
-pub use output::LogMode;
+pub use output::{console, diag_writer, Console, DiagWriter, LogMode, CLEAR_LINE};
 pub use watcher::ApplyRecord;
 
 use events::Trigger;
@@ -318,6 +318,14 @@ impl Runner {
             }
         }
         if let Some(outcome) = self.outcome {
+            if let Some(d) = self.history()?.decisions.last() {
+                self.log(
+                    "info",
+                    "evidence",
+                    &format!("evidence: {} ({})", d.reason, d.stage),
+                    json!({"reason": d.reason, "stage": d.stage}),
+                );
+            }
             let report = self.write_reports()?;
             self.record_history(report)?;
             self.log(
@@ -370,7 +378,14 @@ impl Runner {
         self.log(
             "info",
             "report",
-            &format!("reports written to {}", dir.display()),
+            &format!(
+                "reports: {}",
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             json!({"paths": paths}),
         );
         Ok(Some(dir))

@@ -2,6 +2,7 @@
 //! live progress line (for a terminal).
 
 use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -37,6 +38,140 @@ impl LogMode {
     }
 }
 
+/// Clears the current terminal line: carriage return, then erase the whole line.
+pub const CLEAR_LINE: &str = "\r\x1b[2K";
+
+/// The one writer of a run's terminal output. Every full line (events, webhook results,
+/// diagnostics, the demo's own prints) goes through it; on a terminal it clears the live
+/// progress line before the line and redraws it after, so the two never interleave.
+pub struct Console {
+    inner: Mutex<ConsoleState>,
+}
+
+struct ConsoleState {
+    out: Box<dyn Write + Send>,
+    /// Where diagnostics go (stderr); `None` writes them to `out`.
+    err: Option<Box<dyn Write + Send>>,
+    tty: bool,
+    /// The live line, when one is on screen.
+    live: Option<String>,
+}
+
+impl ConsoleState {
+    fn clear(&mut self) {
+        if self.tty && self.live.is_some() {
+            let _ = self.out.write_all(CLEAR_LINE.as_bytes());
+        }
+    }
+
+    fn redraw(&mut self) {
+        if self.tty {
+            if let Some(l) = &self.live {
+                let _ = write!(self.out, "{l}");
+            }
+        }
+        let _ = self.out.flush();
+    }
+}
+
+impl Console {
+    /// A console over `out`; `tty` says whether it is a terminal (only then a live line is
+    /// drawn). Diagnostics go to `out` too.
+    pub fn new(out: Box<dyn Write + Send>, tty: bool) -> Console {
+        Console {
+            inner: Mutex::new(ConsoleState {
+                out,
+                err: None,
+                tty,
+                live: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ConsoleState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the output is a terminal.
+    pub fn is_terminal(&self) -> bool {
+        self.state().tty
+    }
+
+    /// Prints one full line (a trailing newline is added), keeping the live line below it.
+    pub fn line(&self, text: &str) {
+        let mut st = self.state();
+        st.clear();
+        let _ = writeln!(st.out, "{}", text.trim_end_matches('\n'));
+        st.redraw();
+    }
+
+    /// Writes diagnostics (whole lines) to stderr, clearing the live line first.
+    pub fn diag(&self, bytes: &[u8]) {
+        let mut st = self.state();
+        st.clear();
+        let _ = st.out.flush();
+        match &mut st.err {
+            Some(e) => {
+                let _ = e.write_all(bytes);
+                let _ = e.flush();
+            }
+            None => {
+                let _ = st.out.write_all(bytes);
+            }
+        }
+        st.redraw();
+    }
+
+    /// Sets and draws the live line (terminal only).
+    pub fn set_live(&self, line: &str) {
+        let mut st = self.state();
+        if !st.tty {
+            return;
+        }
+        let _ = write!(st.out, "{CLEAR_LINE}{line}");
+        let _ = st.out.flush();
+        st.live = Some(line.to_string());
+    }
+
+    /// Removes the live line from the screen.
+    pub fn clear_live(&self) {
+        let mut st = self.state();
+        st.clear();
+        let _ = st.out.flush();
+        st.live = None;
+    }
+}
+
+/// The process's console: stdout, diagnostics to stderr.
+pub fn console() -> &'static Console {
+    static CONSOLE: OnceLock<Console> = OnceLock::new();
+    CONSOLE.get_or_init(|| {
+        let c = Console::new(Box::new(std::io::stdout()), std::io::stdout().is_terminal());
+        c.state().err = Some(Box::new(std::io::stderr()));
+        c
+    })
+}
+
+/// A `tracing` writer that sends diagnostics through [`console`] (to stderr, clearing the
+/// live line first): `tracing_subscriber::fmt().with_writer(diag_writer)`.
+pub fn diag_writer() -> DiagWriter {
+    DiagWriter
+}
+
+/// See [`diag_writer`].
+pub struct DiagWriter;
+
+impl Write for DiagWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        console().diag(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes one log record in the given mode.
 pub(super) fn emit(mode: LogMode, level: &str, event: &str, msg: &str, fields: Value) {
     match mode {
@@ -48,9 +183,7 @@ pub(super) fn emit(mode: LogMode, level: &str, event: &str, msg: &str, fields: V
                     obj.entry(k).or_insert(v);
                 }
             }
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{o}");
-            let _ = out.flush();
+            console().line(&o.to_string());
         }
         LogMode::Human => {
             let secs = system_now_ms() / 1000;
@@ -60,9 +193,7 @@ pub(super) fn emit(mode: LogMode, level: &str, event: &str, msg: &str, fields: V
                 "warn" => "warn  ",
                 _ => "",
             };
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{h:02}:{m:02}:{s:02} {tag}{msg}");
-            let _ = out.flush();
+            console().line(&format!("{h:02}:{m:02}:{s:02} {tag}{msg}"));
         }
     }
 }
@@ -156,16 +287,12 @@ impl Runner {
     }
 
     pub(super) fn log(&self, level: &str, event: &str, msg: &str, fields: Value) {
-        if self.progress_shown && self.opts.log == LogMode::Human {
-            print!("\r\x1b[2K");
-        }
         emit(self.opts.log, level, event, msg, fields);
     }
 
     pub(super) fn clear_progress(&mut self) {
         if self.progress_shown {
-            print!("\r\x1b[2K");
-            let _ = std::io::stdout().flush();
+            console().clear_live();
             self.progress_shown = false;
         }
     }
@@ -186,8 +313,7 @@ impl Runner {
         let line = progress_line(&self.spec, &self.state, self.journal.last_judged(), now);
         let width = 160;
         let line: String = line.chars().take(width).collect();
-        print!("\r\x1b[2K{line}");
-        let _ = std::io::stdout().flush();
+        console().set_live(&line);
         self.progress_shown = true;
     }
 }
