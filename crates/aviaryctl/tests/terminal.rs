@@ -162,6 +162,18 @@ fn the_check_detects_a_line_printed_into_the_live_line() {
 }
 
 #[test]
+fn the_live_line_fits_one_row_of_the_terminal() {
+    let screen = Screen::default();
+    let console = Console::new(Box::new(screen.clone()), true).with_width(20);
+    console.set_live("live · step 1 · a line much wider than twenty columns");
+    console.line("event 0 0");
+    let (lines, last) = play(&screen.bytes());
+    assert_eq!(lines, ["event 0 0"]);
+    assert_eq!(last.chars().count(), 19, "{last:?}");
+    assert!(last.starts_with("live · step 1"), "{last:?}");
+}
+
+#[test]
 fn not_a_terminal_means_no_live_line_and_no_escapes() {
     let screen = Screen::default();
     let console = Console::new(Box::new(screen.clone()), false);

@@ -53,6 +53,9 @@ struct ConsoleState {
     /// Where diagnostics go (stderr); `None` writes them to `out`.
     err: Option<Box<dyn Write + Send>>,
     tty: bool,
+    /// The terminal's width in columns, when known: the live line is cut to fit one row
+    /// (a wrapped live line could not be cleared with one erase-line).
+    width: Option<usize>,
     /// The live line, when one is on screen.
     live: Option<String>,
 }
@@ -83,9 +86,16 @@ impl Console {
                 out,
                 err: None,
                 tty,
+                width: None,
                 live: None,
             }),
         }
+    }
+
+    /// The same console, with the live line cut to fit a terminal `columns` wide.
+    pub fn with_width(self, columns: usize) -> Console {
+        self.state().width = Some(columns);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ConsoleState> {
@@ -128,9 +138,13 @@ impl Console {
         if !st.tty {
             return;
         }
+        let line: String = match st.width {
+            Some(w) => line.chars().take(w.saturating_sub(1)).collect(),
+            None => line.to_string(),
+        };
         let _ = write!(st.out, "{CLEAR_LINE}{line}");
         let _ = st.out.flush();
-        st.live = Some(line.to_string());
+        st.live = Some(line);
     }
 
     /// Removes the live line from the screen.
@@ -147,9 +161,35 @@ pub fn console() -> &'static Console {
     static CONSOLE: OnceLock<Console> = OnceLock::new();
     CONSOLE.get_or_init(|| {
         let c = Console::new(Box::new(std::io::stdout()), std::io::stdout().is_terminal());
-        c.state().err = Some(Box::new(std::io::stderr()));
+        {
+            let mut st = c.state();
+            st.err = Some(Box::new(std::io::stderr()));
+            if st.tty {
+                st.width = terminal_width();
+            }
+        }
         c
     })
+}
+
+/// The controlling terminal's width: `COLUMNS`, else `stty size` on `/dev/tty`.
+fn terminal_width() -> Option<usize> {
+    if let Some(w) = std::env::var("COLUMNS").ok().and_then(|v| v.parse().ok()) {
+        return Some(w);
+    }
+    let tty = std::fs::File::open("/dev/tty").ok()?;
+    let out = std::process::Command::new("stty")
+        .arg("size")
+        .stdin(tty)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    text.split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+        .filter(|w| *w > 0)
 }
 
 /// A `tracing` writer that sends diagnostics through [`console`] (to stderr, clearing the
