@@ -697,10 +697,10 @@ fn spec_validation_rejects_ambiguous_or_unanswerable_hooks() {
     }
 }
 
-/// Prints a rendered Slack message (`cargo test --test edges_chat -- --ignored --nocapture`).
+/// A rollback's Slack message: evidence escaped for mrkdwn in the blocks and the fallback, and
+/// the dashboard link (`--nocapture` prints the message).
 #[test]
-#[ignore]
-fn print_slack_sample() {
+fn slack_rollback_message_escapes_the_evidence_and_links_the_dashboard() {
     let reason = "step 1 (5%): fast-track: latency.p95.regression: canary requests over 30 ms \
                   7/11 = 63.6% vs baseline 0/372 = 0.0%; limit +5.0 points; strong evidence \
                   of a breach (p < 0.001)";
@@ -714,4 +714,16 @@ fn print_slack_sample() {
     )
     .expect("slack body");
     println!("{}", serde_json::to_string_pretty(&body).expect("json"));
+    let text = body["text"].as_str().expect("text fallback");
+    assert!(
+        text.contains("7/11 = 63.6%") && text.contains("(p &lt; 0.001)"),
+        "{text}"
+    );
+    let all = body.to_string();
+    assert!(
+        !all.contains("p < 0.001"),
+        "an unescaped < reaches Slack: {all}"
+    );
+    assert!(all.contains("<https://grafana.example.com/d/aviary?var-rollout=recsys-v2|Dashboard>"));
+    assert!(all.contains(".aviary/report/report.md"));
 }
