@@ -4,88 +4,18 @@
 
 mod edges_support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aviary_contract::units::DIGEST48_MASK;
-use aviary_sim::{free_port, run_load, LoadConfig};
+use aviary_sim::{run_load, LoadConfig};
 use aviaryctl::edges::source::{ApplyProbe, EnvoyAdminSource, MetricsSource, PrometheusSource};
-use edges_support::{plugin_config, poll, Rig, TempDir};
-
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-/// A Prometheus child process, killed on drop.
-struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    fn start(scrape_admin: &str) -> Prometheus {
-        assert!(
-            Path::new(PROMETHEUS).exists(),
-            "{PROMETHEUS} is missing: install it with `apt-get install prometheus` (CI does)"
-        );
-        let dir = TempDir::new("prom");
-        let target = scrape_admin.trim_start_matches("http://");
-        let config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n\
-             - job_name: envoy\n  \
-               metrics_path: /stats/prometheus\n  \
-               static_configs: [{{targets: ['{target}']}}]\n"
-        );
-        let config_path = dir.join("prometheus.yml");
-        std::fs::write(&config_path, config).expect("write config");
-        let port = free_port().expect("port");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-        let child = Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        let mut p = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let ready = poll(Duration::from_secs(20), Duration::from_millis(50), || {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("prometheus exited: {status}");
-            }
-            ureq::get(&format!("{}/-/ready", p.url))
-                .timeout(Duration::from_millis(500))
-                .call()
-                .ok()
-                .filter(|r| r.status() == 200)
-        });
-        assert!(ready.is_some(), "prometheus not ready in 20 s");
-        p.child.try_wait().expect("alive");
-        p
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use edges_support::prometheus::Prometheus;
+use edges_support::{plugin_config, poll, Rig};
 
 #[test]
 fn prometheus_source_matches_envoy() {
     let rig = Rig::start(1, &plugin_config(3000));
-    let prom = Prometheus::start(&rig.admin_urls()[0]);
+    let prom = Prometheus::start(&rig.admin_urls()[0], "envoy", &[]);
     let report = run_load(&LoadConfig {
         users: 2000,
         ..LoadConfig::requests(rig.urls[0].clone(), 500)

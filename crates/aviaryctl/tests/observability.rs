@@ -10,143 +10,23 @@ mod edges_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aviary_contract::config::PluginConfig;
-use aviary_sim::{free_port, run_load, shipped_config_template, EnvoyBuilder, Latency, LoadConfig};
+use aviary_sim::{run_load, shipped_config_template, EnvoyBuilder, Latency, LoadConfig};
 use aviaryctl::edges::sink::{ConfigSink, EcdsFileSink};
+use edges_support::prometheus::Prometheus;
 use edges_support::{model, poll, root, wasm, TempDir};
 use serde_json::Value;
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
-/// One series of a query result: its labels and value.
-type Series = (BTreeMap<String, String>, f64);
+use edges_support::prometheus::Series;
 /// An alert from `/api/v1/alerts`: name, state, labels.
 type Alert = (String, String, BTreeMap<String, String>);
 
 /// The scrape job the alert rules expect.
 const JOB: &str = "aviary-envoy";
-
-/// A Prometheus child process on loopback with its own data directory, killed on drop.
-struct Prometheus {
-    child: Child,
-    url: String,
-    dir: TempDir,
-}
-
-impl Prometheus {
-    fn start(scrape_admin: &str) -> Prometheus {
-        assert!(
-            Path::new(PROMETHEUS).exists(),
-            "{PROMETHEUS} is missing: `make system-deps` installs it"
-        );
-        let dir = TempDir::new("obs-prom");
-        let target = scrape_admin.trim_start_matches("http://");
-        let rules = root().join("prometheus/aviary-alerts.yaml");
-        let config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             rule_files: ['{rules}']\n\
-             scrape_configs:\n\
-             - job_name: {JOB}\n  \
-               metrics_path: /stats/prometheus\n  \
-               static_configs: [{{targets: ['{target}']}}]\n",
-            rules = rules.display()
-        );
-        let config_path = dir.join("prometheus.yml");
-        std::fs::write(&config_path, config).expect("write config");
-        let port = free_port().expect("port");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-        let child = Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        let mut p = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let ready = poll(Duration::from_secs(20), Duration::from_millis(50), || {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("prometheus exited: {status}\n{}", p.log());
-            }
-            ureq::get(&format!("{}/-/ready", p.url))
-                .timeout(Duration::from_millis(500))
-                .call()
-                .ok()
-                .filter(|r| r.status() == 200)
-        });
-        assert!(ready.is_some(), "prometheus not ready in 20 s");
-        p
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// An instant query: each series' labels and value, or Prometheus' error.
-    fn query(&self, promql: &str) -> Result<Vec<Series>, String> {
-        let resp = ureq::get(&format!("{}/api/v1/query", self.url))
-            .query("query", promql)
-            .timeout(Duration::from_secs(5))
-            .call();
-        let body: Value = match resp {
-            Ok(r) => r.into_json().map_err(|e| e.to_string())?,
-            Err(ureq::Error::Status(code, r)) => {
-                return Err(format!(
-                    "HTTP {code}: {}",
-                    r.into_string().unwrap_or_default()
-                ))
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        if body["status"] != "success" {
-            return Err(body.to_string());
-        }
-        let result = &body["data"]["result"];
-        let series = match body["data"]["resultType"].as_str() {
-            Some("vector") => result.as_array().cloned().unwrap_or_default(),
-            Some("scalar") => vec![serde_json::json!({"metric": {}, "value": result})],
-            other => return Err(format!("unexpected result type {other:?}")),
-        };
-        Ok(series
-            .iter()
-            .map(|s| {
-                let labels = s["metric"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let value = s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(f64::NAN);
-                (labels, value)
-            })
-            .collect())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // Stopped by its own PID, never by name.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The plugin config shipped in `envoy/aviary-shadow.yaml` (shadow `v2` comparing labels and
 /// scores, score bins), with 20% of the traffic on the canary so both versions have series.
@@ -308,7 +188,11 @@ fn every_dashboard_query_returns_data_from_real_prometheus() {
         "http://127.0.0.1:{}/predict",
         envoy.listener_port("ingress").expect("listener")
     );
-    let prom = Prometheus::start(envoy.admin_url());
+    let prom = Prometheus::start(
+        envoy.admin_url(),
+        JOB,
+        &[root().join("prometheus/aviary-alerts.yaml")],
+    );
     // Prometheus applies discovered targets every 5 s: wait for the first scrape of Envoy,
     // with the plugin's gauges in it, before the load starts.
     let scraped = poll(Duration::from_secs(20), Duration::from_millis(200), || {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod openapi;
+pub mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
