@@ -67,7 +67,7 @@ impl Stream {
             RequestView::default()
         };
         if !conditions_hold(&cfg.scope, &req) {
-            remove_reserved(host, cfg, &req, |_| true);
+            remove_reserved(host, cfg, &req, &cfg.reserved_headers);
             return;
         }
         let mut source_ip = || -> Option<IpAddr> {
@@ -79,15 +79,7 @@ impl Stream {
         let v = &cfg.versions[d.version];
         // A `set` replaces any client-sent value, so a client can never choose its version.
         host.set_request_header(&cfg.routing_header, &v.route_value);
-        // The mark header, and the mirror headers unless Envoy's mirror reads them (the mirror
-        // sets or removes those below).
-        let envoy_mirror = cfg
-            .shadow
-            .as_ref()
-            .and_then(|s| s.envoy_mirror_headers.as_ref());
-        remove_reserved(host, cfg, &req, |h| {
-            h != cfg.routing_header && !envoy_mirror.is_some_and(|m| m.iter().any(|x| x == h))
-        });
+        remove_reserved(host, cfg, &req, &cfg.reserved_in_scope);
         if let Some(o) = &cfg.override_ {
             if req.header(&o.header).is_some() {
                 host.remove_request_header(&o.header);
@@ -218,15 +210,10 @@ impl Stream {
     }
 }
 
-/// Removes the reserved headers that `which` selects. With the headers already read, only
+/// Removes `headers` from the request. With the headers already read, only
 /// those the client sent cost a host call; otherwise each is one removal.
-fn remove_reserved(
-    host: &dyn Host,
-    cfg: &Compiled,
-    req: &RequestView,
-    which: impl Fn(&str) -> bool,
-) {
-    for h in cfg.reserved_headers.iter().filter(|h| which(h)) {
+fn remove_reserved(host: &dyn Host, cfg: &Compiled, req: &RequestView, headers: &[String]) {
+    for h in headers {
         if !cfg.needs_headers || req.header(h).is_some() {
             host.remove_request_header(h);
         }

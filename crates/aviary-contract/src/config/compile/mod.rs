@@ -56,6 +56,10 @@ pub struct Compiled {
     /// routing header (first), the shadow mark header and, with `via: envoy`, each target's
     /// mirror header.
     pub reserved_headers: Vec<String>,
+    /// The reserved headers the filter removes from a request it routes: all but the routing
+    /// header (it sets that) and the `via: envoy` mirror headers (the mirror sets or removes
+    /// those), decided here so the request path compares no names.
+    pub reserved_in_scope: Vec<String>,
 }
 
 impl PluginConfig {
@@ -84,6 +88,15 @@ impl PluginConfig {
                 .is_some_and(|s| !s.conditions.is_empty() || !s.rules.is_empty())
             || !scope.is_empty();
         let reserved_headers = reserved_headers(cfg);
+        let envoy_mirrors = shadow
+            .as_ref()
+            .and_then(|s| s.envoy_mirror_headers.as_ref());
+        let reserved_in_scope = reserved_headers
+            .iter()
+            .filter(|h| **h != cfg.routing_header)
+            .filter(|h| !envoy_mirrors.is_some_and(|m| m.contains(h)))
+            .cloned()
+            .collect();
         Ok(Compiled {
             service: cfg.service.clone(),
             routing_header: cfg.routing_header.clone(),
@@ -102,6 +115,7 @@ impl PluginConfig {
             digest,
             needs_headers,
             reserved_headers,
+            reserved_in_scope,
         })
     }
 }

@@ -183,6 +183,15 @@ fn reserved_headers_are_the_ones_only_the_plugin_sets() {
     .map(|c| c.reserved_headers);
     let want = ["x-v", "x-aviary-shadow", "x-aviary-mirror-a", "x-m"];
     assert_eq!(mirrored.ok(), Some(want.map(String::from).to_vec()));
+    let in_scope = compile(
+        r#","routingHeader":"x-v","shadow":{"via":"envoy","targets":[{"version":"A","cluster":"a"}],"share":1}"#,
+    )
+    .map(|c| c.reserved_in_scope);
+    assert_eq!(
+        in_scope.ok(),
+        Some(vec!["x-aviary-shadow".to_string()]),
+        "a routed request keeps the routing and mirror headers the filter itself sets"
+    );
     let marked = compile(
         r#","shadow":{"targets":[{"version":"s","cluster":"c"}],"share":1,"markHeader":"x-aviary-version"}"#,
     )
